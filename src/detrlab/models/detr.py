@@ -1,0 +1,113 @@
+"""DETR: a CNN backbone, a transformer encoder-decoder and set-prediction heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import MLP
+
+from detrlab.models.position import build_position_encoding
+from detrlab.models.transformer import Transformer
+
+
+class DETR(nn.Module):
+    """DEtection TRansformer.
+
+    The last stage returned by ``backbone`` is projected to ``hidden_dim``, encoded with its positional
+    encoding, and decoded by ``num_queries`` learned queries into class logits and boxes.
+
+    Args:
+        backbone: module with ``forward(images, mask) -> list[(features, mask)]`` and a ``num_channels``
+            list (e.g. :class:`~detrlab.models.backbone.ResNetBackbone`). Kept as ``self.backbone`` so
+            optimizers can give parameters prefixed ``backbone.`` their own learning rate.
+        num_classes: number of object classes; one extra "no object" logit is appended.
+        num_queries: number of object queries (maximum detections per image).
+        hidden_dim: transformer width.
+        nheads: attention heads.
+        num_encoder_layers, num_decoder_layers, dim_feedforward, dropout, normalize_before: transformer
+            settings (see :class:`~detrlab.models.transformer.Transformer`).
+        position_encoding: "sine" or "learned".
+        aux_loss: also return predictions of the earlier decoder layers (``aux_outputs``).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        num_queries: int = 100,
+        hidden_dim: int = 256,
+        nheads: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        position_encoding: str = "sine",
+        aux_loss: bool = True,
+        normalize_before: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or num_queries < 1:
+            raise ValueError(f"num_classes and num_queries must be >= 1, got {num_classes} and {num_queries}")
+        if hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even (half of it encodes y, half x), got {hidden_dim}")
+        self.backbone = backbone
+        self.position_encoding = build_position_encoding(position_encoding, hidden_dim // 2)
+        self.transformer = Transformer(
+            d_model=hidden_dim,
+            nhead=nheads,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            normalize_before=normalize_before,
+        )
+        self.input_proj = nn.Conv2d(backbone.num_channels[-1], hidden_dim, kernel_size=1)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, 4])
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.aux_loss = aux_loss
+
+    def forward(self, images: Tensor, mask: Tensor) -> dict:
+        """Detect objects.
+
+        Args:
+            images: float [B, 3, H, W], normalized and zero-padded.
+            mask: bool [B, H, W], True on padding.
+
+        Returns:
+            dict with
+              - ``pred_logits`` [B, Q, num_classes + 1] (last index = no object),
+              - ``pred_boxes`` [B, Q, 4] sigmoid (cx, cy, w, h) relative to the unpadded image,
+              - ``aux_outputs``: list of ``num_decoder_layers - 1`` dicts with ``pred_logits`` and
+                ``pred_boxes`` of the earlier decoder layers (empty when ``aux_loss`` is False).
+        """
+        _check_inputs(images, mask)
+        features, feat_mask = self.backbone(images, mask)[-1]
+        pos = self.position_encoding(feat_mask).to(features.dtype)
+        hs, _ = self.transformer(self.input_proj(features), feat_mask, self.query_embed.weight, pos)
+
+        logits = self.class_embed(hs)  # [L, B, Q, C+1]
+        boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
+        aux = [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
+        return {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": aux if self.aux_loss else [],
+        }
+
+
+def _check_inputs(images: Tensor, mask: Tensor) -> None:
+    """Reject inputs that would otherwise fail deep inside the network with an obscure message."""
+    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(
+            f"images must be a float tensor [B, 3, H, W], got {images.dtype} {tuple(images.shape)}; "
+            "convert with images.float() and put channels in dim 1"
+        )
+    b, _, h, w = images.shape
+    if mask.dtype != torch.bool or tuple(mask.shape) != (b, h, w):
+        raise ValueError(
+            f"mask must be a bool tensor [B, H, W] = {(b, h, w)} (True on padding), got {mask.dtype} "
+            f"{tuple(mask.shape)}"
+        )
