@@ -1,0 +1,109 @@
+"""The LightningModule that trains and evaluates any detector of the DETR family."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from detrlab.data.collate import Batch
+from detrlab.evaluation.coco_eval import CocoEvaluator
+from detrlab.optim import OptimSettings, build_epoch_scheduler, build_optimizer
+
+log = logging.getLogger(__name__)
+
+#: COCO statistics logged under ``val/`` after every validation epoch.
+LOGGED_COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+
+
+class DetectionModule(L.LightningModule):
+    """Wraps a detector, its set criterion and its post-processor for training and evaluation.
+
+    Args:
+        detector: ``detector(images [B,3,H,W], mask [B,H,W]) -> outputs`` (see DESIGN contract).
+        criterion: ``criterion(outputs, targets) -> dict`` of loss terms, with ``loss`` the
+            weighted sum that is optimized.
+        postprocess: ``postprocess(outputs, orig_sizes [B,2]) -> list[dict]`` of ``scores``,
+            ``labels`` and ``boxes`` (absolute xyxy in the original image).
+        optim: the optimizer settings (keys of :class:`detrlab.optim.OptimSettings`).
+
+    Validation computes COCO AP on predictions mapped back to the original images and the
+    dataset's own category ids; the metrics are logged as ``val/AP``, ``val/AP50``, ...
+    """
+
+    def __init__(self, detector: nn.Module, criterion: nn.Module, postprocess: nn.Module, optim: dict | None = None):
+        super().__init__()
+        self.detector = detector
+        self.criterion = criterion
+        self.postprocess = postprocess
+        self.optim_settings = OptimSettings.from_dict(optim)
+        # The sub-modules are saved in the state dict; only the plain settings are hyper-parameters.
+        self.save_hyperparameters(ignore=["detector", "criterion", "postprocess"], logger=False)
+        # The evaluator of the latest validation epoch, kept for summaries and results files.
+        self.evaluator: CocoEvaluator | None = None
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        return self.detector(images, mask)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        outputs = self.detector(batch.images, batch.mask)
+        losses = self.criterion(outputs, batch.targets)
+        self._log_losses("train", losses, batch_size=len(batch), on_step=True)
+        return losses["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        dataset = self._val_dataset()
+        self.evaluator = CocoEvaluator(dataset.coco, label_to_category_id=dataset.label_to_category_id)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        outputs = self.detector(batch.images, batch.mask)
+        losses = self.criterion(outputs, batch.targets)
+        self._log_losses("val", losses, batch_size=len(batch), on_step=False)
+        orig_sizes = torch.stack([t["orig_size"] for t in batch.targets])
+        predictions = self.postprocess(outputs, orig_sizes)
+        image_ids = [int(t["image_id"]) for t in batch.targets]
+        self.evaluator.update(image_ids, [{k: v.detach().cpu() for k, v in p.items()} for p in predictions])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.evaluator is None:
+            return
+        # Every rank gathers all predictions and computes the same numbers, so the logged values
+        # need no further reduction.
+        self.evaluator.gather()
+        stats = self.evaluator.compute()
+        for key in LOGGED_COCO_STATS:
+            self.log(f"val/{key}", stats[key], prog_bar=key in ("AP", "AP50"), sync_dist=False, rank_zero_only=False)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log.info("COCO bbox evaluation, epoch %d:\n%s", self.current_epoch, self.evaluator.summary_table())
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.detector, self.optim_settings)
+        scheduler = build_epoch_scheduler(optimizer, self.optim_settings)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int, on_step: bool) -> None:
+        for name, value in losses.items():
+            main_term = name == "loss"
+            self.log(
+                f"{stage}/{name}",
+                value.detach(),
+                batch_size=batch_size,
+                on_step=on_step,
+                on_epoch=True,
+                prog_bar=main_term,
+                sync_dist=stage == "val",
+            )
+
+    def _val_dataset(self):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "val_dataset", None)
+        if dataset is None or not hasattr(dataset, "coco"):
+            raise RuntimeError(
+                "Validation needs a COCO-format validation set: pass a detrlab data module "
+                "(trainer.fit(model, datamodule=...)) whose val_dataset exposes `.coco` and "
+                "`.label_to_category_id`."
+            )
+        return dataset

@@ -1,0 +1,81 @@
+"""Every config in conf/ composes, and builds what it describes on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+import pytest
+from omegaconf import OmegaConf
+from torch import nn
+
+from detrlab.builders import build_callbacks, build_loggers, build_model, build_trainer
+from detrlab.module import DetectionModule
+from tests.helpers import CONFIG_DIR, TINY_OVERRIDES, compose_config
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if p.stem != "default" or group == "trainer")
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_config_builds(model, tmp_path):
+    cfg = compose_config("train", [f"model={model}", "print_config=false"], tmp_path)
+    module = build_model(cfg.model)
+    assert isinstance(module, DetectionModule)
+    assert isinstance(module.detector, nn.Module)
+    assert isinstance(module.criterion, nn.Module)
+    assert module.detector.backbone is not None
+
+
+@pytest.mark.parametrize("backbone", options("model/backbone"))
+def test_every_backbone_config_builds_with_detr(backbone, tmp_path):
+    overrides = ["model=detr_r50", f"model/backbone={backbone}", *TINY_OVERRIDES]
+    cfg = compose_config("train", overrides, tmp_path)
+    assert cfg.model.detector.backbone.name.startswith("resnet")
+    module = build_model(cfg.model)
+    assert module.detector.backbone.__class__.__name__ == "ResNetBackbone"
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_config_builds_its_model(experiment, tmp_path):
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    assert isinstance(build_model(cfg.model), DetectionModule)
+    assert cfg.trainer.max_epochs > 0
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_every_trainer_config_builds(trainer, tmp_path):
+    cfg = compose_config("train", [f"trainer={trainer}", "trainer.accelerator=cpu"], tmp_path)
+    built = build_trainer(cfg.trainer, callbacks=build_callbacks(cfg.callbacks), loggers=build_loggers(cfg.logger))
+    assert isinstance(built, L.Trainer)
+    assert built.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("debug", [name for name in options("debug") if name != "default"])
+def test_every_debug_config_composes(debug, tmp_path):
+    cfg = compose_config("train", [f"debug={debug}"], tmp_path)
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.data.num_workers == 0
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_every_data_config_instantiates(data, tmp_path):
+    cfg = compose_config("train", [f"data={data}", f"paths.data_dir={tmp_path}"], tmp_path)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    assert isinstance(datamodule, L.LightningDataModule)
+    assert cfg.data.num_classes == cfg.model.detector.num_classes
+
+
+def test_eval_config_composes_with_a_checkpoint_path(tmp_path):
+    cfg = compose_config("eval", ["ckpt_path=some.ckpt"], tmp_path)
+    assert cfg.ckpt_path == "some.ckpt"
+    assert cfg.get("model") is None  # taken from the checkpoint unless given
+
+
+def test_train_config_resolves_completely(tmp_path):
+    cfg = compose_config("train", [], tmp_path)
+    resolved = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("paths", "model", "data", "trainer")}
+    assert Path(resolved["paths"]["output_dir"]) == tmp_path
+    assert resolved["model"]["criterion"]["num_classes"] == 3
