@@ -16,6 +16,8 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
+from detrlab.errors import DatasetNotFoundError
+
 Target = dict[str, Any]
 
 
@@ -52,12 +54,12 @@ class CocoDetection(Dataset):
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         if not self.annotation_file.is_file():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"COCO annotation file not found: '{self.annotation_file}'. Point the config at it, e.g. "
                 "data.root=/path/to/coco, or data.train_annotations=... / data.val_annotations=..."
             )
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"Image folder not found: '{self.image_dir}'. Point the config at it, e.g. "
                 "data.root=/path/to/coco, or data.train_images=... / data.val_images=..."
             )
@@ -99,7 +101,7 @@ class CocoDetection(Dataset):
         """Decode image ``index`` as RGB uint8 [3, H, W]."""
         path = self.image_dir / self.coco.imgs[self.ids[index]]["file_name"]
         if not path.is_file():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"Image '{path}' listed in '{self.annotation_file}' does not exist; check that the image folder "
                 "matches the annotation file (data.train_images / data.val_images)."
             )
