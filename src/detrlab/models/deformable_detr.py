@@ -1,0 +1,222 @@
+"""Deformable DETR and DETA detectors: multi-scale backbone, deformable transformer, sigmoid class heads."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import MLP
+
+from detrlab.models.deformable_layers import inverse_sigmoid
+from detrlab.models.deformable_transformer import DeformableTransformer
+from detrlab.models.detr import _check_inputs
+from detrlab.models.input_projection import MultiScaleProjection
+from detrlab.models.position import PositionEmbeddingSine
+
+__all__ = ["DETA", "DeformableDETR"]
+
+
+class DeformableDETR(nn.Module):
+    """Deformable DETR (Zhu et al. 2021) with optional box refinement and two-stage queries.
+
+    Class logits are per-class sigmoid logits (focal loss), with no "no object" column.
+
+    Args:
+        backbone: module with ``forward(images, mask) -> list[(features, mask)]`` and ``num_channels``
+            (e.g. a ResNet returning stages 2-4, or :class:`~detrlab.models.swin.SwinBackbone`).
+        num_classes: object classes C.
+        num_queries: decoder queries (two-stage: selected proposals; capped at the token count).
+        hidden_dim, nheads, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout: sizes.
+        num_feature_levels: levels; extra stride-2 levels are added after the backbone's.
+        enc_n_points, dec_n_points: sampling points per head and level.
+        with_box_refine: every decoder layer refines the previous layer's boxes with its own heads.
+        two_stage: queries from the encoder's best proposals (needs ``with_box_refine``).
+        add_proposal_features: DETA: add the proposals' encoder features to the query content.
+        assign_first_stage: DETA: pick proposals by per-level NMS (``pre_nms_topk``, ``proposal_nms_iou``).
+        aux_loss: return the predictions of earlier decoder layers in ``aux_outputs``.
+        attention_implementation: "auto" / "pytorch" / "compiled" deformable sampling.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        num_queries: int = 300,
+        hidden_dim: int = 256,
+        nheads: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        num_feature_levels: int = 4,
+        enc_n_points: int = 4,
+        dec_n_points: int = 4,
+        with_box_refine: bool = False,
+        two_stage: bool = False,
+        add_proposal_features: bool = False,
+        assign_first_stage: bool = False,
+        pre_nms_topk: int = 1000,
+        proposal_nms_iou: float = 0.9,
+        aux_loss: bool = True,
+        attention_implementation: str = "auto",
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or num_queries < 1:
+            raise ValueError(f"num_classes and num_queries must be >= 1, got {num_classes} and {num_queries}")
+        if two_stage and not with_box_refine:
+            raise ValueError(
+                "two_stage=True needs with_box_refine=True: the encoder proposal head is the extra, "
+                "unshared box head that refinement creates"
+            )
+        if hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even (half of it encodes y, half x), got {hidden_dim}")
+        self.backbone = backbone
+        # Positions centred on the cells (offset -0.5), normalized to the valid extent.
+        self.position_encoding = PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=-0.5)
+        self.input_proj = MultiScaleProjection(backbone.num_channels, hidden_dim, num_feature_levels)
+        self.transformer = DeformableTransformer(
+            d_model=hidden_dim,
+            nhead=nheads,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            num_feature_levels=num_feature_levels,
+            enc_n_points=enc_n_points,
+            dec_n_points=dec_n_points,
+            num_queries=num_queries,
+            two_stage=two_stage,
+            add_proposal_features=add_proposal_features,
+            assign_first_stage=assign_first_stage,
+            pre_nms_topk=pre_nms_topk,
+            proposal_nms_iou=proposal_nms_iou,
+            attention_implementation=attention_implementation,
+        )
+        class_head = nn.Linear(hidden_dim, num_classes)
+        # Focal-loss prior: every class starts at probability 0.01 so the many negatives do not swamp training.
+        nn.init.constant_(class_head.bias, -math.log((1 - 0.01) / 0.01))
+        box_head = MLP(hidden_dim, [hidden_dim, hidden_dim, 4])
+        nn.init.zeros_(box_head[-2].weight)
+        nn.init.zeros_(box_head[-2].bias)
+        # Without two-stage the first boxes are learned points: start them small (sigmoid(-2) ~ 0.12).
+        if not two_stage:
+            nn.init.constant_(box_head[-2].bias[2:], -2.0)
+        # Refinement: one head per decoder layer (+1 for the encoder with two-stage); else one shared head.
+        num_heads = (num_decoder_layers + int(two_stage)) if with_box_refine else 1
+        self.class_embed = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_heads))
+        self.bbox_embed = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_heads))
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.num_decoder_layers = num_decoder_layers
+        self.with_box_refine = with_box_refine
+        self.two_stage = two_stage
+        self.aux_loss = aux_loss
+
+    def _head(self, heads: nn.ModuleList, layer: int) -> nn.Module:
+        return heads[layer] if self.with_box_refine else heads[0]
+
+    def forward(self, images: Tensor, mask: Tensor) -> dict:
+        """Detect objects.
+
+        Args:
+            images: float [B, 3, H, W], normalized and zero-padded.
+            mask: bool [B, H, W], True on padding.
+
+        Returns:
+            dict with
+              - ``pred_logits`` [B, Q, C] sigmoid class logits (no "no object" column),
+              - ``pred_boxes`` [B, Q, 4] sigmoid cxcywh relative to the unpadded image,
+              - ``aux_outputs``: ``pred_logits`` / ``pred_boxes`` dicts of decoder layers 0..L-2
+                (empty when ``aux_loss`` is False),
+              - two-stage only: ``enc_outputs`` = dict(``pred_logits`` [B, S, C] encoder logits of all
+                S tokens, ``pred_boxes`` [B, S, 4] refined proposals (sigmoid cxcywh), ``anchors``
+                [B, S, 4] the unrefined anchors (sigmoid cxcywh), ``valid`` bool [B, S]: False for
+                padded tokens and tokens whose anchor leaves (0.01, 0.99); their ``anchors`` and
+                ``pred_boxes`` are (1, 1, 1, 1) and assigners must ignore them) and ``init_reference``
+                [B, Q, 4] the decoder's input proposal boxes (sigmoid cxcywh, detached).
+              Q is ``min(num_queries, S)`` with two-stage.
+        """
+        _check_inputs(images, mask)
+        levels = self.input_proj(self.backbone(images, mask), mask)
+        srcs = [feat for feat, _ in levels]
+        masks = [m for _, m in levels]
+        pos = [self.position_encoding(m).to(feat.dtype) for feat, m in levels]
+        num_dec = self.num_decoder_layers
+        refine_heads = list(self.bbox_embed[:num_dec]) if self.with_box_refine else None
+        enc_index = num_dec if self.two_stage else None
+        t = self.transformer(
+            srcs,
+            masks,
+            pos,
+            decoder_box_heads=refine_heads,
+            encoder_class_head=self.class_embed[enc_index] if enc_index is not None else None,
+            encoder_box_head=self.bbox_embed[enc_index] if enc_index is not None else None,
+        )
+
+        logits, boxes = [], []
+        for lid in range(num_dec):
+            hidden = t["hidden"][lid]
+            reference = inverse_sigmoid(t["references"][lid])
+            delta = self._head(self.bbox_embed, lid)(hidden)
+            if reference.shape[-1] == 4:
+                box_unact = delta + reference
+            else:
+                box_unact = torch.cat((delta[..., :2] + reference, delta[..., 2:]), -1)
+            logits.append(self._head(self.class_embed, lid)(hidden))
+            boxes.append(box_unact.sigmoid())
+        out = {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
+            if self.aux_loss
+            else [],
+        }
+        if self.two_stage:
+            out["enc_outputs"] = {
+                "pred_logits": t["enc_logits"],
+                "pred_boxes": t["enc_boxes_unact"].sigmoid(),
+                "anchors": t["anchors_unact"].sigmoid(),
+                "valid": t["valid"],
+            }
+            out["init_reference"] = t["init_reference"]
+        return out
+
+
+class DETA(DeformableDETR):
+    """DETA (Ouyang-Zhang et al. 2022): two-stage Deformable DETR with box refinement, 5 levels, 900
+    queries, FFN 2048, no dropout, proposal features added to the queries and NMS proposal selection.
+
+    Identical to :class:`DeformableDETR` with these defaults (each can still be overridden); trained
+    with IoU-based assignment (see the deformable criterion's ``assign_first_stage`` /
+    ``assign_second_stage``). Without ``assign_first_stage`` it is the "improved Deformable DETR" baseline.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        num_queries: int = 900,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.0,
+        num_feature_levels: int = 5,
+        with_box_refine: bool = True,
+        two_stage: bool = True,
+        add_proposal_features: bool = True,
+        assign_first_stage: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            backbone,
+            num_classes,
+            num_queries=num_queries,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            num_feature_levels=num_feature_levels,
+            with_box_refine=with_box_refine,
+            two_stage=two_stage,
+            add_proposal_features=add_proposal_features,
+            assign_first_stage=assign_first_stage,
+            **kwargs,
+        )

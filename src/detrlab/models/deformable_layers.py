@@ -1,0 +1,230 @@
+"""Encoder and decoder stacks of the deformable transformer (post-norm layers, deformable attention)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from detrlab.models.deformable_attention import MultiScaleDeformableAttention
+
+__all__ = [
+    "DeformableDecoder",
+    "DeformableDecoderLayer",
+    "DeformableEncoder",
+    "DeformableEncoderLayer",
+    "inverse_sigmoid",
+]
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``log(x / (1 - x))`` with ``x`` clamped to [0, 1] and both terms kept >= ``eps`` (finite everywhere)."""
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+class FeedForward(nn.Module):
+    """Linear -> ReLU -> dropout -> Linear -> dropout, added to the input, then LayerNorm."""
+
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.dropout2(self.linear2(self.dropout1(self.linear1(x).relu()))))
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Deformable self-attention over all levels, then a feed-forward block (both post-norm)."""
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        num_levels: int = 4,
+        num_heads: int = 8,
+        num_points: int = 4,
+        attention_implementation: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.self_attn = MultiScaleDeformableAttention(
+            d_model, num_heads, num_levels, num_points, attention_implementation
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+
+    def forward(
+        self,
+        src: Tensor,
+        pos: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+        padding_mask: Tensor,
+    ) -> Tensor:
+        """src, pos [B, S, D]; reference_points [B, S, L, 2]; padding_mask bool [B, S] -> [B, S, D]."""
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask)
+        return self.ffn(self.norm(src + self.dropout(attended)))
+
+
+class DeformableEncoder(nn.Module):
+    """A stack of ``num_layers`` copies of ``layer``; every token attends around its own position."""
+
+    def __init__(self, layer: DeformableEncoderLayer, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+
+    @staticmethod
+    def reference_points(spatial_shapes: Sequence[tuple[int, int]], valid_ratios: Tensor) -> Tensor:
+        """Centre of every token, normalized by the valid extent of its own level, seen from every level.
+
+        Args:
+            spatial_shapes: (h_l, w_l) per level.
+            valid_ratios: [B, L, 2] valid fraction (w, h) of each level.
+
+        Returns:
+            [B, S, L, 2] (x, y): token positions rescaled into each level's padded extent.
+        """
+        points = []
+        for lvl, (h, w) in enumerate(spatial_shapes):
+            ys, xs = torch.meshgrid(
+                torch.linspace(0.5, h - 0.5, h, dtype=valid_ratios.dtype, device=valid_ratios.device),
+                torch.linspace(0.5, w - 0.5, w, dtype=valid_ratios.dtype, device=valid_ratios.device),
+                indexing="ij",
+            )
+            x = xs.reshape(1, -1) / (valid_ratios[:, None, lvl, 0] * w)
+            y = ys.reshape(1, -1) / (valid_ratios[:, None, lvl, 1] * h)
+            points.append(torch.stack((x, y), -1))
+        return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
+
+    def forward(
+        self,
+        src: Tensor,
+        pos: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+        valid_ratios: Tensor,
+        padding_mask: Tensor,
+    ) -> Tensor:
+        """src, pos [B, S, D]; valid_ratios [B, L, 2]; padding_mask bool [B, S] -> memory [B, S, D]."""
+        reference_points = self.reference_points(spatial_shapes, valid_ratios)
+        for layer in self.layers:
+            src = layer(src, pos, reference_points, spatial_shapes, padding_mask)
+        return src
+
+
+class DeformableDecoderLayer(nn.Module):
+    """Query self-attention, deformable cross-attention into the encoder memory, feed-forward (post-norm)."""
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        num_levels: int = 4,
+        num_heads: int = 8,
+        num_points: int = 4,
+        attention_implementation: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn_dropout = nn.Dropout(dropout)
+        self.self_attn_norm = nn.LayerNorm(d_model)
+        self.cross_attn = MultiScaleDeformableAttention(
+            d_model, num_heads, num_levels, num_points, attention_implementation
+        )
+        self.cross_attn_dropout = nn.Dropout(dropout)
+        self.cross_attn_norm = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+        memory_padding_mask: Tensor,
+    ) -> Tensor:
+        """tgt, query_pos [B, Q, D]; reference_points [B, Q, L, 2|4]; memory [B, S, D] -> [B, Q, D]."""
+        q = k = tgt + query_pos
+        attended = self.self_attn(q, k, tgt, need_weights=False)[0]
+        tgt = self.self_attn_norm(tgt + self.self_attn_dropout(attended))
+        attended = self.cross_attn(
+            tgt + query_pos, reference_points, memory, spatial_shapes, memory_padding_mask
+        )
+        tgt = self.cross_attn_norm(tgt + self.cross_attn_dropout(attended))
+        return self.ffn(tgt)
+
+
+class DeformableDecoder(nn.Module):
+    """A stack of ``num_layers`` decoder layers with optional iterative box refinement."""
+
+    def __init__(self, layer: DeformableDecoderLayer, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+
+    def forward(
+        self,
+        tgt: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        spatial_shapes: Sequence[tuple[int, int]],
+        valid_ratios: Tensor,
+        memory_padding_mask: Tensor,
+        box_heads: Sequence[nn.Module] | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Decode the queries layer by layer.
+
+        Args:
+            tgt, query_pos: [B, Q, D] query content and position.
+            reference_points: [B, Q, 2] normalized (x, y) points or [B, Q, 4] cxcywh boxes (sigmoid space).
+            memory: [B, S, D] encoder output; memory_padding_mask bool [B, S].
+            spatial_shapes, valid_ratios: level shapes and [B, L, 2] valid fractions.
+            box_heads: per-layer box regressors for iterative refinement; after layer ``l`` the
+                reference becomes ``sigmoid(box_heads[l](h) + inverse_sigmoid(reference))``, detached so
+                each layer's box loss only trains that layer. ``None``: references stay fixed.
+
+        Returns:
+            hidden states [num_layers, B, Q, D] and the list of references each layer started from,
+            each [B, Q, 2|4] (with refinement, 2-d points become boxes after the first layer).
+        """
+        if box_heads is not None and len(box_heads) < len(self.layers):
+            raise ValueError(
+                f"box refinement needs one box head per decoder layer ({len(self.layers)}), got {len(box_heads)}"
+            )
+        hidden, references = [], []
+        for lid, layer in enumerate(self.layers):
+            references.append(reference_points)
+            # The reference is relative to the valid image; sampling happens in the padded map.
+            scale = (
+                valid_ratios
+                if reference_points.shape[-1] == 2
+                else torch.cat((valid_ratios, valid_ratios), -1)
+            )
+            tgt = layer(
+                tgt,
+                query_pos,
+                reference_points[:, :, None] * scale[:, None],
+                memory,
+                spatial_shapes,
+                memory_padding_mask,
+            )
+            hidden.append(tgt)
+            if box_heads is not None:
+                delta = box_heads[lid](tgt)
+                if reference_points.shape[-1] == 4:
+                    refined = delta + inverse_sigmoid(reference_points)
+                else:
+                    refined = torch.cat(
+                        (delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]), -1
+                    )
+                reference_points = refined.sigmoid().detach()
+        return torch.stack(hidden), references

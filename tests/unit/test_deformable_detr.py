@@ -1,0 +1,130 @@
+"""Deformable DETR / DETA detectors: sizes, output contract, every config trains a step on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detrlab.models.backbone import ResNetBackbone
+from detrlab.models.deformable_detr import DETA, DeformableDETR
+from detrlab.models.swin import SwinBackbone
+
+
+def _num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # unique parameters, frozen ones included
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, 40.1e6),
+        ({"with_box_refine": True, "two_stage": True}, 41.2e6),
+    ],
+    ids=["plain", "two_stage_refine"],
+)
+def test_deformable_detr_r50_parameter_count(kwargs, expected):
+    model = DeformableDETR(ResNetBackbone("resnet50", return_stages=[2, 3, 4]), num_classes=91, **kwargs)
+    assert _num_params(model) == pytest.approx(expected, rel=0.005)
+
+
+def test_deta_r50_parameter_count_and_defaults():
+    model = DETA(ResNetBackbone("resnet50", return_stages=[2, 3, 4]), num_classes=91)
+    assert _num_params(model) == pytest.approx(48.4e6, rel=0.005)
+    assert model.num_queries == 900 and model.transformer.num_feature_levels == 5
+    assert model.transformer.assign_first_stage and hasattr(model.transformer, "pix_trans")
+    # one head per decoder layer + the encoder's
+    assert len(model.class_embed) == len(model.bbox_embed) == 7
+
+
+def test_two_stage_without_refinement_is_rejected():
+    with pytest.raises(ValueError, match="with_box_refine"):
+        DeformableDETR(ResNetBackbone("resnet18", return_stages=[2, 3, 4]), 3, two_stage=True)
+
+
+def _tiny(**kwargs):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet_small", return_stages=[2, 3, 4], stage_widths=[8, 16, 32, 32])
+    sizes = dict(
+        num_queries=12,
+        hidden_dim=32,
+        nheads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        dim_feedforward=32,
+    )
+    return DeformableDETR(backbone, num_classes=4, **{**sizes, **kwargs})
+
+
+def _batch():
+    images = torch.randn(2, 3, 64, 96)
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[1, 48:] = True
+    mask[1, :, 64:] = True
+    return images, mask
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"num_feature_levels": 1},
+        {"with_box_refine": True},
+        {"with_box_refine": True, "two_stage": True},
+        {
+            "with_box_refine": True,
+            "two_stage": True,
+            "add_proposal_features": True,
+            "assign_first_stage": True,
+        },
+    ],
+    ids=["plain", "single_scale", "refine", "two_stage", "deta"],
+)
+def test_output_contract(kwargs):
+    model = _tiny(**kwargs).eval()
+    images, mask = _batch()
+    out = model(images, mask)
+    assert out["pred_logits"].shape == (2, 12, 4)
+    assert out["pred_boxes"].shape == (2, 12, 4)
+    assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+    assert len(out["aux_outputs"]) == 1
+    assert out["aux_outputs"][0]["pred_boxes"].shape == (2, 12, 4)
+    if kwargs.get("two_stage"):
+        enc = out["enc_outputs"]
+        s = 8 * 12 + 4 * 6 + 2 * 3 + 1 * 2  # tokens of the 4 levels (strides 8..64)
+        assert enc["pred_logits"].shape == (2, s, 4) and enc["pred_boxes"].shape == (2, s, 4)
+        assert enc["anchors"].shape == (2, s, 4) and enc["valid"].shape == (2, s)
+        # image 1 is padded, image 0 is not: only image 1 has padded (invalid) tokens on level 0
+        assert enc["valid"][0, :96].all() and not enc["valid"][1, :96].all()
+        assert (enc["anchors"][~enc["valid"]] == 1).all()
+        # the decoder's input boxes are encoder proposals
+        assert out["init_reference"].shape == (2, 12, 4)
+        assert not out["init_reference"].requires_grad
+    else:
+        assert "enc_outputs" not in out and "init_reference" not in out
+
+
+def test_refinement_feeds_each_layer_the_previous_layers_boxes():
+    model = _tiny(with_box_refine=True, two_stage=True).eval()
+    images, mask = _batch()
+    seen = []
+    for layer in model.transformer.decoder.layers:
+        layer.cross_attn.register_forward_pre_hook(lambda mod, args: seen.append(args[1]))
+    out = model(images, mask)
+    valid_ratio = model.transformer.valid_ratios([mask[:, ::8, ::8]])  # level 0 is stride 8
+    # layer 1's reference boxes are layer 0's predicted boxes (scaled into the padded level-0 map)
+    torch.testing.assert_close(
+        seen[1][:, :, 0], out["aux_outputs"][0]["pred_boxes"] * valid_ratio.repeat(1, 1, 2)
+    )
+    torch.testing.assert_close(seen[0][:, :, 0], out["init_reference"] * valid_ratio.repeat(1, 1, 2))
+
+
+def test_swin_backbone_pads_to_patch_size_and_reports_channels():
+    backbone = SwinBackbone("swin_t", return_stages=[2, 3, 4], drop_path_rate=0.0)
+    assert backbone.num_channels == [192, 384, 768] and backbone.strides == [8, 16, 32]
+    images = torch.randn(1, 3, 66, 70)
+    mask = torch.zeros(1, 66, 70, dtype=torch.bool)
+    feats = backbone(images, mask)
+    assert [tuple(f.shape) for f, _ in feats] == [(1, 192, 9, 9), (1, 384, 5, 5), (1, 768, 3, 3)]
+    assert feats[0][1].shape == (1, 9, 9)
+    with pytest.raises(FileNotFoundError, match="pretrained="):
+        SwinBackbone("swin_t", pretrained="/nonexistent/swin.pth")
