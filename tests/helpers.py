@@ -30,6 +30,7 @@ TINY_OVERRIDES = [
     "model.detector.num_queries=10",
     "trainer.accelerator=cpu",
     "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
     "trainer.num_sanity_val_steps=0",
     "print_config=false",
 ]

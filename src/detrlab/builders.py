@@ -27,7 +27,9 @@ def _instantiate(node: DictConfig, key: str, expected: type):
         raise ConfigError(f"`{key}` must be a config node with a `_target_` (got {node!r}).")
     obj = hydra.utils.instantiate(node, _convert_="all")
     if not isinstance(obj, expected):
-        raise ConfigError(f"`{key}._target_` built a {type(obj).__name__}; it must build a {expected.__name__}.")
+        raise ConfigError(
+            f"`{key}._target_` built a {type(obj).__name__}; it must build a {expected.__name__}."
+        )
     return obj
 
 

@@ -34,7 +34,9 @@ class DetectionModule(L.LightningModule):
     dataset's own category ids; the metrics are logged as ``val/AP``, ``val/AP50``, ...
     """
 
-    def __init__(self, detector: nn.Module, criterion: nn.Module, postprocess: nn.Module, optim: dict | None = None):
+    def __init__(
+        self, detector: nn.Module, criterion: nn.Module, postprocess: nn.Module, optim: dict | None = None
+    ):
         super().__init__()
         self.detector = detector
         self.criterion = criterion
@@ -75,16 +77,26 @@ class DetectionModule(L.LightningModule):
         self.evaluator.gather()
         stats = self.evaluator.compute()
         for key in LOGGED_COCO_STATS:
-            self.log(f"val/{key}", stats[key], prog_bar=key in ("AP", "AP50"), sync_dist=False, rank_zero_only=False)
+            self.log(
+                f"val/{key}",
+                stats[key],
+                prog_bar=key in ("AP", "AP50"),
+                sync_dist=False,
+                rank_zero_only=False,
+            )
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            log.info("COCO bbox evaluation, epoch %d:\n%s", self.current_epoch, self.evaluator.summary_table())
+            log.info(
+                "COCO bbox evaluation, epoch %d:\n%s", self.current_epoch, self.evaluator.summary_table()
+            )
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.detector, self.optim_settings)
         scheduler = build_epoch_scheduler(optimizer, self.optim_settings)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
-    def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int, on_step: bool) -> None:
+    def _log_losses(
+        self, stage: str, losses: dict[str, torch.Tensor], batch_size: int, on_step: bool
+    ) -> None:
         for name, value in losses.items():
             main_term = name == "loss"
             self.log(

@@ -48,9 +48,7 @@ class OptimSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
-                f"Unknown key(s) under model.optim: {unknown}. Known keys: {sorted(known)}."
-            )
+            raise ValueError(f"Unknown key(s) under model.optim: {unknown}. Known keys: {sorted(known)}.")
         return cls(**values)
 
 
@@ -89,8 +87,12 @@ def build_optimizer(module: nn.Module, settings: OptimSettings) -> torch.optim.A
     """AdamW over :func:`build_param_groups` of ``module``'s parameters."""
     param_groups = build_param_groups(module.named_parameters(), settings)
     if not param_groups:
-        raise ValueError("The detector has no trainable parameters: check model.optim and the backbone's freezing.")
-    return torch.optim.AdamW(param_groups, lr=settings.lr, weight_decay=settings.weight_decay, betas=tuple(settings.betas))
+        raise ValueError(
+            "The detector has no trainable parameters: check model.optim and the backbone's freezing."
+        )
+    return torch.optim.AdamW(
+        param_groups, lr=settings.lr, weight_decay=settings.weight_decay, betas=tuple(settings.betas)
+    )
 
 
 def build_epoch_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings):
@@ -98,4 +100,3 @@ def build_epoch_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSetti
     return torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=sorted(int(e) for e in settings.lr_drop_epochs), gamma=settings.lr_gamma
     )
-

@@ -62,8 +62,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 def save_resolved_config(cfg: DictConfig, path: Path) -> None:
     """Write the config with every interpolation resolved (what the run really used)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    resolved = {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
-                for key in cfg if key != "hydra"}
+    resolved = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
+        for key in cfg
+        if key != "hydra"
+    }
     OmegaConf.save(OmegaConf.create(resolved), path)
 
 
@@ -80,4 +83,9 @@ def report_final_metrics(metrics: dict[str, float], trainer: L.Trainer) -> None:
         print(f"val/AP={metrics['val/AP']:.4f} val/AP50={metrics.get('val/AP50', float('nan')):.4f}")
     checkpoint = trainer.checkpoint_callback
     if checkpoint is not None and checkpoint.best_model_path:
-        log.info("Best checkpoint (%s=%.4f): %s", checkpoint.monitor, checkpoint.best_model_score or 0.0, checkpoint.best_model_path)
+        log.info(
+            "Best checkpoint (%s=%.4f): %s",
+            checkpoint.monitor,
+            checkpoint.best_model_score or 0.0,
+            checkpoint.best_model_path,
+        )

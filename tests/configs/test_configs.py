@@ -16,7 +16,9 @@ from tests.helpers import CONFIG_DIR, TINY_OVERRIDES, compose_config
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if p.stem != "default" or group == "trainer")
+    return sorted(
+        p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if p.stem != "default" or group == "trainer"
+    )
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -30,12 +32,14 @@ def test_every_model_config_builds(model, tmp_path):
 
 
 @pytest.mark.parametrize("backbone", options("model/backbone"))
-def test_every_backbone_config_builds_with_detr(backbone, tmp_path):
-    overrides = ["model=detr_r50", f"model/backbone={backbone}", *TINY_OVERRIDES]
-    cfg = compose_config("train", overrides, tmp_path)
-    assert cfg.model.detector.backbone.name.startswith("resnet")
+def test_every_backbone_config_builds(backbone, tmp_path):
+    # ResNets are checked inside DETR (single scale), Swins inside DETA (multi-scale).
+    model = "deta_r50" if backbone.startswith("swin") else "detr_r50"
+    cfg = compose_config("train", [f"model={model}", f"model/backbone={backbone}", *TINY_OVERRIDES], tmp_path)
+    assert cfg.model.detector.backbone.name.startswith(backbone.split("_")[0])
     module = build_model(cfg.model)
-    assert module.detector.backbone.__class__.__name__ == "ResNetBackbone"
+    expected = "SwinBackbone" if backbone.startswith("swin") else "ResNetBackbone"
+    assert module.detector.backbone.__class__.__name__ == expected
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -48,7 +52,9 @@ def test_every_experiment_config_builds_its_model(experiment, tmp_path):
 @pytest.mark.parametrize("trainer", options("trainer"))
 def test_every_trainer_config_builds(trainer, tmp_path):
     cfg = compose_config("train", [f"trainer={trainer}", "trainer.accelerator=cpu"], tmp_path)
-    built = build_trainer(cfg.trainer, callbacks=build_callbacks(cfg.callbacks), loggers=build_loggers(cfg.logger))
+    built = build_trainer(
+        cfg.trainer, callbacks=build_callbacks(cfg.callbacks), loggers=build_loggers(cfg.logger)
+    )
     assert isinstance(built, L.Trainer)
     assert built.max_epochs == cfg.trainer.max_epochs
 
@@ -76,6 +82,8 @@ def test_eval_config_composes_with_a_checkpoint_path(tmp_path):
 
 def test_train_config_resolves_completely(tmp_path):
     cfg = compose_config("train", [], tmp_path)
-    resolved = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("paths", "model", "data", "trainer")}
+    resolved = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("paths", "model", "data", "trainer")
+    }
     assert Path(resolved["paths"]["output_dir"]) == tmp_path
     assert resolved["model"]["criterion"]["num_classes"] == 3

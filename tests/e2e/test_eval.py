@@ -32,5 +32,5 @@ def test_eval_reproduces_the_training_validation(tiny_train_cfg, tmp_path):
 
 def test_eval_names_a_missing_checkpoint(tmp_path):
     cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path)
-    with pytest.raises(CheckpointError, match="missing.ckpt"):
+    with pytest.raises(CheckpointError, match=r"missing\.ckpt"):
         evaluation.run(cfg)

@@ -25,5 +25,7 @@ class ConfigInCheckpoint(L.Callback):
             if run_config.get(key) is not None
         }
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint[CHECKPOINT_CONFIG_KEY] = self.stored

@@ -136,8 +136,8 @@ class SetCriterion(nn.Module):
         target_classes = torch.full(
             logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
         )
-        batch_idx, query_idx = _matched_query_index(indices, logits.device)
-        target_classes[batch_idx, query_idx] = _matched_target_values(
+        batch_idx, query_idx = matched_query_index(indices, logits.device)
+        target_classes[batch_idx, query_idx] = matched_target_values(
             targets, indices, "labels", logits.device
         )
         # cross_entropy wants the class dim second: [B, C+1, Q]
@@ -151,9 +151,9 @@ class SetCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """``loss_bbox`` (L1 on cxcywh) and ``loss_giou`` (1 - GIoU) of the matched pairs."""
         pred_boxes = outputs["pred_boxes"]
-        batch_idx, query_idx = _matched_query_index(indices, pred_boxes.device)
-        matched = _upcast(pred_boxes[batch_idx, query_idx])
-        target = _matched_target_values(targets, indices, "boxes", pred_boxes.device).to(matched.dtype)
+        batch_idx, query_idx = matched_query_index(indices, pred_boxes.device)
+        matched = upcast_to_float32(pred_boxes[batch_idx, query_idx])
+        target = matched_target_values(targets, indices, "boxes", pred_boxes.device).to(matched.dtype)
         loss_bbox = F.l1_loss(matched, target, reduction="none").sum() / num_boxes
         # The pairs are aligned, so only the diagonal of the pairwise GIoU matrix is needed.
         giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(target)))
@@ -174,8 +174,8 @@ class SetCriterion(nn.Module):
         predicted = self.count_predicted_objects(logits)
         cardinality_error = (predicted.float() - num_targets.float()).abs().mean()
 
-        batch_idx, query_idx = _matched_query_index(indices, logits.device)
-        matched_labels = _matched_target_values(targets, indices, "labels", logits.device)
+        batch_idx, query_idx = matched_query_index(indices, logits.device)
+        matched_labels = matched_target_values(targets, indices, "labels", logits.device)
         if matched_labels.numel() == 0:
             class_error = torch.zeros((), device=logits.device)
         else:
@@ -184,20 +184,20 @@ class SetCriterion(nn.Module):
         return {"cardinality_error": cardinality_error, "class_error": class_error}
 
 
-def _upcast(tensor: Tensor) -> Tensor:
+def upcast_to_float32(tensor: Tensor) -> Tensor:
     """Half/bfloat16 to float32 (GIoU's area products lose too much precision in 16 bits)."""
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
-def _matched_query_index(indices: Indices, device: torch.device) -> tuple[Tensor, Tensor]:
+def matched_query_index(indices: Indices, device: torch.device) -> tuple[Tensor, Tensor]:
     """``(batch_idx, query_idx)`` of all matched queries, for indexing ``[B, Q, ...]`` tensors."""
     batch_idx = torch.cat([torch.full_like(query, b) for b, (query, _) in enumerate(indices)])
     query_idx = torch.cat([query for query, _ in indices])
     return batch_idx.to(device), query_idx.to(device)
 
 
-def _matched_target_values(targets: list[dict], indices: Indices, key: str, device: torch.device) -> Tensor:
-    """``targets[b][key]`` of each matched target, in the order of :func:`_matched_query_index`."""
+def matched_target_values(targets: list[dict], indices: Indices, key: str, device: torch.device) -> Tensor:
+    """``targets[b][key]`` of each matched target, in the order of :func:`matched_query_index`."""
     return torch.cat([t[key][target.to(t[key].device)] for t, (_, target) in zip(targets, indices)]).to(
         device
     )

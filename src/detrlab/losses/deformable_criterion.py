@@ -14,7 +14,12 @@ from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
 from detrlab.losses.assigner import Stage1Assigner, Stage2Assigner
-from detrlab.losses.criterion import SetCriterion, _matched_query_index, _matched_target_values, _upcast
+from detrlab.losses.criterion import (
+    SetCriterion,
+    matched_query_index,
+    matched_target_values,
+    upcast_to_float32,
+)
 from detrlab.utils.dist import average_across_ranks
 
 __all__ = ["DEFORMABLE_LOSS_WEIGHTS", "DeformableSetCriterion"]
@@ -234,9 +239,9 @@ class DeformableSetCriterion(SetCriterion):
         Unlike the softmax parent, the normalizer ``num_boxes`` (0-dim) is an argument: the focal
         loss is a sum over all ``B * Q * C`` entries, normalized like the box losses.
         """
-        logits = _upcast(outputs["pred_logits"])
-        batch_idx, query_idx = _matched_query_index(indices, logits.device)
-        labels = _matched_target_values(targets, indices, "labels", logits.device)
+        logits = upcast_to_float32(outputs["pred_logits"])
+        batch_idx, query_idx = matched_query_index(indices, logits.device)
+        labels = matched_target_values(targets, indices, "labels", logits.device)
         # Multi-hot, not argmax-style: with one-to-many assignment a query may be matched to two
         # targets, and it should then be pushed towards both classes, independent of write order.
         target = torch.zeros_like(logits)
