@@ -81,18 +81,22 @@ def multi_scale_deformable_attention_pytorch(
     value_levels = value.split([h * w for h, w in spatial_shapes], dim=1)
     # grid_sample's coordinate range is [-1, 1] with align_corners=False mapping -1 to the cell edge.
     grids = 2 * sampling_locations - 1
-    sampled = []
+    # [B, Q, H, L, P] -> [B*H, Q, L, P, 1]
+    weights = attention_weights.transpose(1, 2).reshape(b * heads, q, levels, points, 1)
+    out = None
     for lvl, (h, w) in enumerate(spatial_shapes):
         # [B, h*w, H, Dh] -> [B*H, Dh, h, w]
         v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(b * heads, head_dim, h, w)
         # [B, Q, H, P, 2] -> [B*H, Q, P, 2]
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # [B*H, Dh, Q, L, P] weighted by [B*H, 1, Q, L, P]
-    stacked = torch.stack(sampled, dim=-2)
-    weights = attention_weights.transpose(1, 2).reshape(b * heads, 1, q, levels, points)
-    out = (stacked * weights).flatten(-2).sum(-1)  # [B*H, Dh, Q]
-    return out.view(b, heads * head_dim, q).transpose(1, 2).contiguous()
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # Weighted sum over the points as a batched matmul, level by level: no [.., L*P] stack and
+        # no elementwise product of that size is materialised (both dominated time and memory).
+        # [B*H, Q, Dh, P] @ [B*H, Q, P, 1] -> [B*H, Q, Dh]
+        level_out = torch.matmul(sampled.transpose(1, 2), weights[:, :, lvl]).squeeze(-1)
+        out = level_out if out is None else out + level_out
+    # [B*H, Q, Dh] -> [B, Q, H*Dh]
+    return out.view(b, heads, q, head_dim).transpose(1, 2).reshape(b, q, heads * head_dim)
 
 
 def multi_scale_deformable_attention(
