@@ -13,11 +13,21 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from detrlab.callbacks import ConfigInCheckpoint
-from detrlab.errors import CheckpointError, ConfigError
+from detrlab.callbacks import (
+    AtomicCheckpointIO,
+    ConfigInCheckpoint,
+    PerRankSeed,
+    RNGStateInCheckpoint,
+    RunInfoLogger,
+    TrackingRunInCheckpoint,
+)
+from detrlab.data.coco import read_category_ids
+from detrlab.data.datamodule import COCO2017_LAYOUT
+from detrlab.errors import CheckpointError, ConfigError, DatasetNotFoundError
 from detrlab.module import DetectionModule
+from detrlab.utils.resume import find_last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +43,66 @@ def _instantiate(node: DictConfig, key: str, expected: type):
     return obj
 
 
+def resolve_num_classes(cfg_data: DictConfig | None) -> None:
+    """Replace ``data.num_classes: null`` by the number of categories in the dataset's annotation JSON.
+
+    Model configs interpolate ``${data.num_classes}``, so the class count reaches the detector,
+    criterion and post-processor without the user typing it. Runs before anything is instantiated.
+    The validation JSON is read first (usually far smaller; the data module checks that both splits
+    have the same categories). A set ``num_classes`` is left alone (the data module checks it).
+    """
+    if cfg_data is None or "num_classes" not in cfg_data or cfg_data.num_classes is not None:
+        return
+    tried = []
+    for key in ("val_annotations", "train_annotations"):
+        if key not in cfg_data.keys():  # noqa: SIM118 (`in cfg_data` is False for `???` values)
+            continue
+        if OmegaConf.is_missing(cfg_data, key):
+            raise ConfigError(
+                f"data.{key} is not set: add data.{key}=/path/to/instances.json to the command."
+            )
+        path = cfg_data[key]
+        if path is None and cfg_data.get("root") is not None:
+            path = Path(str(cfg_data.root)) / COCO2017_LAYOUT[key]
+        if path is not None:
+            tried.append(str(path))
+            if Path(str(path)).is_file():
+                with open_dict(cfg_data):
+                    cfg_data.num_classes = len(read_category_ids(path))
+                log.info("data.num_classes=%d (categories of %s)", cfg_data.num_classes, path)
+                return
+    raise DatasetNotFoundError(
+        "data.num_classes is null, so it is read from the annotation file, but no annotation file was "
+        f"found (tried: {tried or 'none configured'}). Point data.val_annotations / data.train_annotations "
+        "at the COCO JSON files, or set data.num_classes=<number of categories>."
+    )
+
+
 def build_datamodule(cfg_data: DictConfig) -> L.LightningDataModule:
     """Instantiate ``cfg.data`` (a ``LightningDataModule``)."""
     return _instantiate(cfg_data, "data", L.LightningDataModule)
 
 
 def build_model(cfg_model: DictConfig) -> DetectionModule:
-    """Instantiate ``cfg.model`` (a :class:`DetectionModule` with detector, criterion, postprocess)."""
+    """Instantiate ``cfg.model`` (a :class:`DetectionModule` with detector, criterion, postprocess).
+
+    ``model.init_from`` is not a module argument: :func:`detrlab.train.run` applies it after the
+    build (see :mod:`detrlab.initial_weights`), and rebuilding a trained model ignores it.
+    """
+    if cfg_model is not None and "init_from" in cfg_model:
+        cfg_model = cfg_model.copy()
+        with open_dict(cfg_model):
+            del cfg_model["init_from"]
     return _instantiate(cfg_model, "model", DetectionModule)
 
 
 def build_callbacks(cfg_callbacks: DictConfig | None, run_config: DictConfig | None = None) -> list[Callback]:
     """Instantiate every ``_target_`` entry of ``cfg.callbacks``; entries set to null are skipped.
 
-    With ``run_config``, a :class:`ConfigInCheckpoint` is added so checkpoints carry the config.
+    With ``run_config``, the run's own bookkeeping is added: :class:`ConfigInCheckpoint` (checkpoints
+    carry the config), :class:`RunInfoLogger` (config, git commit, model size and effective batch to
+    every logger), :class:`PerRankSeed` (``seed + rank`` per process), :class:`RNGStateInCheckpoint`
+    and :class:`TrackingRunInCheckpoint` (exact resume, same W&B run).
     """
     callbacks: list[Callback] = []
     for name, node in (cfg_callbacks or {}).items():
@@ -54,6 +110,12 @@ def build_callbacks(cfg_callbacks: DictConfig | None, run_config: DictConfig | N
             callbacks.append(_instantiate(node, f"callbacks.{name}", Callback))
     if run_config is not None:
         callbacks.append(ConfigInCheckpoint(run_config))
+        callbacks += [
+            RunInfoLogger(run_config),
+            PerRankSeed(run_config.get("seed")),
+            RNGStateInCheckpoint(),
+            TrackingRunInCheckpoint(),
+        ]
     return callbacks
 
 
@@ -67,20 +129,39 @@ def build_loggers(cfg_logger: DictConfig | None) -> list[Logger]:
 
 
 def build_trainer(cfg_trainer: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
-    """Instantiate ``cfg.trainer`` with the given callbacks and loggers."""
+    """Instantiate ``cfg.trainer`` with the given callbacks and loggers.
+
+    Unless ``trainer.plugins`` is configured, checkpoints are written atomically
+    (:class:`detrlab.callbacks.AtomicCheckpointIO`), so a killed run never leaves a broken file.
+    """
     if "_target_" not in cfg_trainer:
         raise ConfigError("`trainer` must have a `_target_` (lightning.pytorch.Trainer).")
-    return hydra.utils.instantiate(cfg_trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    extra = {} if cfg_trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    return hydra.utils.instantiate(
+        cfg_trainer, callbacks=callbacks, logger=loggers or False, _convert_="all", **extra
+    )
 
 
-def resolve_resume_path(ckpt_path: str | None) -> str | None:
+def resolve_resume_path(ckpt_path: str | None, checkpoint_dir: str | Path | None = None) -> str | None:
     """Check a ``ckpt_path=`` override before Lightning sees it.
 
     ``None`` starts from scratch; a path must exist (relative paths are taken from the directory
-    the command was started in, which is also the process's working directory).
+    the command was started in, which is also the process's working directory). ``last`` is the
+    newest ``last*.ckpt`` in ``checkpoint_dir`` (the run's ``ModelCheckpoint`` folder); when there is
+    none yet the run starts from scratch, so a requeued job can always pass ``ckpt_path=last``.
     """
     if ckpt_path is None:
         return None
+    if str(ckpt_path) == "last":
+        last = find_last_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        if last is None:
+            log.warning(
+                "ckpt_path=last: no last checkpoint in %s yet, starting from scratch. To continue an earlier "
+                "run, rerun with its run_name=... (same run folder) or pass ckpt_path=<path to its .ckpt>.",
+                checkpoint_dir,
+            )
+            return None
+        ckpt_path = last
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise CheckpointError(

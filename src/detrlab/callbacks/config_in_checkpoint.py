@@ -1,4 +1,4 @@
-"""Store the run's resolved config in every checkpoint."""
+"""Store the run's resolved config and the dataset's classes in every checkpoint."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ CHECKPOINT_CONFIG_KEY = "detrlab_config"
 
 
 class ConfigInCheckpoint(L.Callback):
-    """Adds the resolved ``model`` and ``data`` configs to each checkpoint.
+    """Adds the resolved ``model`` and ``data`` configs, and the dataset's classes, to each checkpoint.
 
     ``eval.py`` and ``predict.py`` rebuild the exact model from a checkpoint with it, so a user
     only passes ``ckpt_path=``; ``model=``/``data=`` overrides still win when given.
+
+    Stored under ``checkpoint["detrlab_config"]``: ``model`` and ``data`` (plain dicts), and, when
+    the trainer's data module exposes them, ``class_names`` (list[str], label order) and
+    ``label_to_category_id`` (list[int], the dataset's category id of each contiguous label), so
+    that predictions on new images can be named and written in the dataset's own ids.
     """
 
     def __init__(self, run_config: DictConfig):
@@ -28,4 +33,10 @@ class ConfigInCheckpoint(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[CHECKPOINT_CONFIG_KEY] = self.stored
+        stored = dict(self.stored)
+        datamodule = getattr(trainer, "datamodule", None)
+        for key in ("class_names", "label_to_category_id"):
+            value = getattr(datamodule, key, None)
+            if value is not None:
+                stored[key] = list(value)
+        checkpoint[CHECKPOINT_CONFIG_KEY] = stored
