@@ -19,3 +19,25 @@ class ConfigError(DetrlabError, ValueError):
 
 class CheckpointError(DetrlabError):
     """A checkpoint that cannot be found or does not match the model."""
+
+
+class DatasetValidationError(DetrlabError, ValueError):
+    """An annotation file that is not valid COCO, or whose entries are inconsistent."""
+
+
+class CorruptImageError(DetrlabError):
+    """An image file that exists but cannot be decoded (truncated, corrupt, not an image).
+
+    Attributes:
+        path: the file (``None`` when the error is not about one file).
+        reason: the decoder's short explanation.
+    """
+
+    def __init__(self, message: str, path: object = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+class NonFiniteLossError(DetrlabError, FloatingPointError):
+    """Training produced non-finite losses or gradients too many steps in a row."""

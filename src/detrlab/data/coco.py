@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +15,28 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
-from torchvision.transforms.v2 import functional as F
 
-from detrlab.errors import DatasetNotFoundError
+from detrlab.data.image_loading import BAD_IMAGE_POLICIES, decode_rgb
+from detrlab.data.validation import ValidationReport, read_annotation_json, validate_coco
+from detrlab.errors import ConfigError, CorruptImageError, DatasetNotFoundError
+
+log = logging.getLogger(__name__)
 
 Target = dict[str, Any]
+
+
+def read_category_ids(annotation_file: str | os.PathLike) -> list[int]:
+    """Sorted category ids of a COCO-format JSON (label ``i`` of the dataset is category ``ids[i]``)."""
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise DatasetNotFoundError(f"COCO annotation file not found: '{path}'.")
+    with path.open() as f:
+        categories = json.load(f).get("categories")
+    if not categories:
+        raise DatasetNotFoundError(
+            f"'{path}' has no `categories` list: a COCO-format annotation file must define its categories."
+        )
+    return sorted({int(category["id"]) for category in categories})
 
 
 class CocoDetection(Dataset):
@@ -50,7 +68,12 @@ class CocoDetection(Dataset):
         image_dir: str | os.PathLike,
         annotation_file: str | os.PathLike,
         transforms: Callable[[Any, Target], tuple[Any, Target]] | None = None,
+        on_bad_annotation: str | None = None,
+        validate_images: bool = False,
+        on_bad_image: str = "error",
     ) -> None:
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ConfigError(f"on_bad_image={on_bad_image!r}: choose one of {list(BAD_IMAGE_POLICIES)}.")
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         if not self.annotation_file.is_file():
@@ -64,10 +87,27 @@ class CocoDetection(Dataset):
                 "data.root=/path/to/coco, or data.train_images=... / data.val_images=..."
             )
         self.transforms = transforms
+        self.on_bad_image = on_bad_image
+        #: Samples replaced because their image could not be read (this process only: each
+        #: DataLoader worker counts its own; every replacement is also logged).
+        self.replaced_images = 0
+        self.validation_report: ValidationReport | None = None
 
         # pycocotools prints progress messages; keep the console clean.
         with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(str(self.annotation_file))
+            if on_bad_annotation is None:
+                self.coco = COCO(str(self.annotation_file))
+            else:
+                data, self.validation_report = validate_coco(
+                    read_annotation_json(self.annotation_file),
+                    self.annotation_file,
+                    self.image_dir,
+                    policy=on_bad_annotation,
+                    check_images=validate_images,
+                )
+                self.coco = COCO()
+                self.coco.dataset = data
+                self.coco.createIndex()
 
         self.label_to_category_id: list[int] = sorted(self.coco.getCatIds())
         self.category_id_to_label: dict[int, int] = {
@@ -105,11 +145,7 @@ class CocoDetection(Dataset):
                 f"Image '{path}' listed in '{self.annotation_file}' does not exist; check that the image folder "
                 "matches the annotation file (data.train_images / data.val_images)."
             )
-        # EXIF orientation is not applied: COCO boxes refer to the stored pixel layout.
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
-        if image.dtype != torch.uint8:  # 16-bit PNGs
-            image = F.to_dtype(image, torch.uint8, scale=True)
-        return tv_tensors.Image(image)
+        return decode_rgb(path)
 
     def load_target(self, index: int, height: int, width: int) -> Target:
         """Target dict (keys ``boxes``, ``labels``, ``image_id``, ``orig_size``) for an image of size (H, W)."""
@@ -129,9 +165,28 @@ class CocoDetection(Dataset):
         }
 
     def __getitem__(self, index: int) -> tuple[Any, Target]:
-        image = self.load_image(index)
+        image, index = self._load_readable_image(index)
         height, width = image.shape[-2:]
         target = self.load_target(index, height, width)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+    def _load_readable_image(self, index: int) -> tuple[tv_tensors.Image, int]:
+        """Image ``index``, or with ``on_bad_image="skip"`` the next readable one (wrapping around).
+
+        The replacement is deterministic (the next index), so seeded runs stay reproducible.
+        """
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            try:
+                return self.load_image(candidate), candidate
+            except (CorruptImageError, DatasetNotFoundError) as error:
+                if self.on_bad_image == "error":
+                    raise
+                self.replaced_images += 1
+                log.warning("Replacing sample %d (data.on_bad_image=skip): %s", candidate, error)
+        raise CorruptImageError(
+            f"None of the {len(self)} images listed in '{self.annotation_file}' can be read from "
+            f"'{self.image_dir}'; check the image folder."
+        )

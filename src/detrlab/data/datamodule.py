@@ -17,6 +17,14 @@ from detrlab.data.samplers import GroupedBatchSampler, aspect_ratio_groups
 from detrlab.data.synthetic import SHAPE_NAMES, generate_shapes_dataset
 from detrlab.data.transforms import eval_transforms, train_transforms
 
+#: Where each split lives under a COCO 2017 ``root`` (used for paths that are not given explicitly).
+COCO2017_LAYOUT = {
+    "train_images": "train2017",
+    "train_annotations": "annotations/instances_train2017.json",
+    "val_images": "val2017",
+    "val_annotations": "annotations/instances_val2017.json",
+}
+
 
 class CocoDataModule(L.LightningDataModule):
     """Train / val dataloaders over COCO-format data.
@@ -40,6 +48,16 @@ class CocoDataModule(L.LightningDataModule):
         eval_size, eval_max_size: shorter-side size and longer-side cap for validation.
         aspect_ratio_grouping: batch landscape and portrait images separately (less padding).
         size_divisibility: pad batches to a multiple of this many pixels.
+        on_bad_annotation: "strict" (default: an annotation file with problems stops the run with a report)
+            or "skip" (bad images / annotations are dropped, counted and logged); see
+            :mod:`detrlab.data.validation`.
+        validate_images: at start-up also decode every image and compare its size with the JSON (slow).
+        on_bad_image: an undecodable training image at run time: "error" (default) or "skip" (the sample
+            is replaced by the next readable one and logged). Validation images always raise; use
+            ``validate_images`` with ``on_bad_annotation=skip`` to drop them up front.
+        timeout: seconds a DataLoader waits for a batch from a worker before failing (only with
+            ``num_workers > 0``; 0 waits forever). A crashed worker is reported by the DataLoader
+            itself; the timeout also ends a worker that hangs.
         root: dataset folder; any of the four paths above left unset follows the COCO 2017 layout under it
             (``train2017/``, ``val2017/``, ``annotations/instances_{train,val}2017.json``).
     """
@@ -64,18 +82,18 @@ class CocoDataModule(L.LightningDataModule):
         eval_max_size: int = 1333,
         aspect_ratio_grouping: bool = False,
         size_divisibility: int = 1,
+        on_bad_annotation: str = "strict",
+        validate_images: bool = False,
+        on_bad_image: str = "error",
+        timeout: float = 0.0,
         root: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         self.root = None if root is None else Path(root)
-        self.train_images = self._resolve(train_images, "train_images", "train2017")
-        self.train_annotations = self._resolve(
-            train_annotations, "train_annotations", "annotations/instances_train2017.json"
-        )
-        self.val_images = self._resolve(val_images, "val_images", "val2017")
-        self.val_annotations = self._resolve(
-            val_annotations, "val_annotations", "annotations/instances_val2017.json"
-        )
+        self.train_images = self._resolve(train_images, "train_images")
+        self.train_annotations = self._resolve(train_annotations, "train_annotations")
+        self.val_images = self._resolve(val_images, "val_images")
+        self.val_annotations = self._resolve(val_annotations, "val_annotations")
         self.expected_num_classes = num_classes
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
@@ -90,28 +108,37 @@ class CocoDataModule(L.LightningDataModule):
         self.eval_max_size = eval_max_size
         self.aspect_ratio_grouping = aspect_ratio_grouping
         self.size_divisibility = size_divisibility
+        self.dataset_checks = {"on_bad_annotation": on_bad_annotation, "validate_images": validate_images}
+        self.on_bad_image = on_bad_image
+        self.timeout = float(timeout)
         self._train_dataset: CocoDetection | None = None
         self._val_dataset: CocoDetection | None = None
 
-    def _resolve(self, path: str | os.PathLike | None, key: str, coco_default: str) -> Path:
+    def _resolve(self, path: str | os.PathLike | None, key: str) -> Path:
         if path is not None:
             return Path(path)
         if self.root is None:
             raise ValueError(f"No path for {key}: set data.{key}=... or data.root=/path/to/coco.")
-        return self.root / coco_default
+        return self.root / COCO2017_LAYOUT[key]
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets: both for ``fit`` (or ``None``), only validation for other stages."""
         if self._val_dataset is None:
             self._val_dataset = self._check_num_classes(
                 CocoDetection(
-                    self.val_images, self.val_annotations, eval_transforms(self.eval_size, self.eval_max_size)
+                    self.val_images, self.val_annotations, self.eval_transform(), **self.dataset_checks
                 )
             )
         if stage in (None, "fit") and self._train_dataset is None:
             transforms = train_transforms(self.train_scales, self.max_size, self.crop_scales, self.crop_size)
             self._train_dataset = self._check_num_classes(
-                CocoDetection(self.train_images, self.train_annotations, transforms)
+                CocoDetection(
+                    self.train_images,
+                    self.train_annotations,
+                    transforms,
+                    on_bad_image=self.on_bad_image,
+                    **self.dataset_checks,
+                )
             )
             if self._train_dataset.label_to_category_id != self._val_dataset.label_to_category_id:
                 raise ValueError(
@@ -119,6 +146,10 @@ class CocoDataModule(L.LightningDataModule):
                     f"have different category ids ({self._train_dataset.label_to_category_id} vs "
                     f"{self._val_dataset.label_to_category_id}); use annotation files with the same categories."
                 )
+
+    def eval_transform(self):
+        """The deterministic evaluation transform (shorter side ``eval_size``, longer side capped)."""
+        return eval_transforms(self.eval_size, self.eval_max_size)
 
     def _check_num_classes(self, dataset: CocoDetection) -> CocoDetection:
         expected = self.expected_num_classes
@@ -165,6 +196,7 @@ class CocoDataModule(L.LightningDataModule):
             "pin_memory": self.pin_memory,
             "persistent_workers": self.persistent_workers and self.num_workers > 0,
             "collate_fn": functools.partial(collate_detection, size_divisibility=self.size_divisibility),
+            "timeout": self.timeout if self.num_workers > 0 else 0.0,
         }
 
     def train_dataloader(self) -> DataLoader:
