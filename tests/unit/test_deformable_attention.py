@@ -89,7 +89,7 @@ def test_gradcheck_value_locations_and_weights():
     )
 
 
-def test_dispatch_uses_registered_kernel_only_when_asked_or_on_cuda():
+def test_dispatch_uses_registered_kernel_when_asked_or_on_its_devices():
     value, locations, weights = _inputs(dtype=torch.float32)
     calls = []
 
@@ -97,19 +97,27 @@ def test_dispatch_uses_registered_kernel_only_when_asked_or_on_cuda():
         calls.append((shapes.tolist(), start.tolist(), step))
         return multi_scale_deformable_attention_pytorch(v, [tuple(s) for s in shapes.tolist()], loc, w)
 
-    da.register_compiled_kernel(fake_kernel)
+    saved = dict(da._compiled)  # restored below so later tests see the real extension again
+    da.register_compiled_kernel(fake_kernel, devices=("cuda",))
     try:
         auto = multi_scale_deformable_attention(value, SHAPES, locations, weights, "auto")
-        assert calls == []  # CPU tensors: "auto" keeps PyTorch
+        assert calls == []  # CPU tensors, kernel only for CUDA: "auto" keeps PyTorch
         forced = multi_scale_deformable_attention(
             value, SHAPES, locations, weights, "compiled", im2col_step=8
         )
         assert calls == [([[5, 7], [3, 4], [1, 2]], [0, 35, 47], 8)]
         torch.testing.assert_close(forced, auto)
-    finally:
+        da.register_compiled_kernel(fake_kernel, devices=("cpu", "cuda"))
+        multi_scale_deformable_attention(value, SHAPES, locations, weights, "auto")
+        assert len(calls) == 2  # a kernel for CPU: "auto" uses it
+        assert multi_scale_deformable_attention(value, SHAPES, locations, weights, "pytorch") is not None
+        assert len(calls) == 2
         da.register_compiled_kernel(None)
-    with pytest.raises(RuntimeError, match="no compiled deformable-attention kernel"):
-        multi_scale_deformable_attention(value, SHAPES, locations, weights, "compiled")
+        with pytest.raises(RuntimeError, match="no compiled deformable-attention kernel"):
+            multi_scale_deformable_attention(value, SHAPES, locations, weights, "compiled")
+    finally:
+        da._compiled.clear()
+        da._compiled.update(saved)
 
 
 def test_bfloat16_inputs_are_sampled_in_float32_and_returned_in_bfloat16():

@@ -6,18 +6,18 @@ between the pure-PyTorch implementation below and a compiled kernel:
 
 * ``"pytorch"``: :func:`multi_scale_deformable_attention_pytorch` (``F.grid_sample``; exact,
   differentiable, any device and dtype).
-* ``"compiled"``: the kernel registered with :func:`register_compiled_kernel` (the ``ops/``
-  extension registers itself when its module ``detrlab_ops`` is importable).
-* ``"auto"`` (default): the compiled kernel for CUDA tensors when one is available, else PyTorch.
+* ``"compiled"``: the C++ extension built from ``ops/csrc`` (see :mod:`detrlab.models.msda_kernel`;
+  built just in time on first use and cached), or a kernel installed with
+  :func:`register_compiled_kernel`.
+* ``"auto"`` (default): the compiled kernel when it is available for the tensors' device, else
+  PyTorch (with a one-line notice when the extension cannot be built).
 
-Under autocast the sampling runs in float32 (the compiled kernels have no half-precision path and
-bilinear weights lose precision in fp16) and the result is cast back to the value's dtype.
+Under autocast the sampling runs in float32 (bilinear weights lose precision in fp16) and the
+result is cast back to the value's dtype.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 from collections.abc import Callable, Sequence
 
@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "COMPILED_OPS_MODULE",
     "MultiScaleDeformableAttention",
     "compiled_kernel",
     "multi_scale_deformable_attention",
@@ -34,28 +33,33 @@ __all__ = [
     "register_compiled_kernel",
 ]
 
-#: Module that, when importable, registers the compiled kernel on import (built from ``ops/``).
-COMPILED_OPS_MODULE = "detrlab_ops"
 IMPLEMENTATIONS = ("auto", "pytorch", "compiled")
 
 # Signature: (value [B,S,H,Dh], spatial_shapes long [L,2], level_start_index long [L],
 #             sampling_locations [B,Q,H,L,P,2], attention_weights [B,Q,H,L,P], im2col_step) -> [B,Q,H*Dh]
 KernelFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, int], Tensor]
-_compiled: dict[str, KernelFn | None] = {}
+_compiled: dict[str, object] = {}  # "kernel": KernelFn | None, "devices": tuple[str, ...]
 
 
-def register_compiled_kernel(kernel: KernelFn | None) -> None:
-    """Install (or, with ``None``, remove) the compiled sampling kernel used by ``"auto"``/``"compiled"``."""
+def register_compiled_kernel(kernel: KernelFn | None, devices: Sequence[str] = ("cpu", "cuda")) -> None:
+    """Install (or, with ``None``, remove) the compiled sampling kernel used by ``"auto"``/``"compiled"``.
+
+    ``devices``: the device types ``"auto"`` hands to the kernel.
+    """
     _compiled["kernel"] = kernel
+    _compiled["devices"] = tuple(devices) if kernel is not None else ()
 
 
 def compiled_kernel() -> KernelFn | None:
-    """The registered compiled kernel, importing :data:`COMPILED_OPS_MODULE` once if it is installed."""
+    """The compiled kernel: the registered one, else the ``ops/`` extension (built on first call)."""
     if "kernel" not in _compiled:
-        _compiled["kernel"] = None
-        if importlib.util.find_spec(COMPILED_OPS_MODULE) is not None:
-            importlib.import_module(COMPILED_OPS_MODULE)  # registers itself via register_compiled_kernel
-    return _compiled["kernel"]
+        from detrlab.models import msda_kernel
+
+        if msda_kernel.load():
+            register_compiled_kernel(msda_kernel.ms_deform_attn, msda_kernel.supported_devices())
+        else:
+            register_compiled_kernel(None)
+    return _compiled["kernel"]  # type: ignore[return-value]
 
 
 def multi_scale_deformable_attention_pytorch(
@@ -117,10 +121,12 @@ def multi_scale_deformable_attention(
     kernel = compiled_kernel() if implementation != "pytorch" else None
     if implementation == "compiled" and kernel is None:
         raise RuntimeError(
-            f"implementation='compiled' but no compiled deformable-attention kernel is available: build and "
-            f"install the extension in ops/ (module {COMPILED_OPS_MODULE!r}) or use implementation='auto'/'pytorch'"
+            "implementation='compiled' but no compiled deformable-attention kernel is available (the ops/ "
+            "extension could not be built, see the logged notice): use implementation='auto'/'pytorch'"
         )
-    use_kernel = kernel is not None and (implementation == "compiled" or value.is_cuda)
+    use_kernel = kernel is not None and (
+        implementation == "compiled" or value.device.type in _compiled.get("devices", ())
+    )
 
     out_dtype = value.dtype
     needs_fp32 = out_dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(value.device.type)

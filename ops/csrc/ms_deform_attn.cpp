@@ -1,0 +1,286 @@
+// Multi-scale deformable attention: CPU forward and backward, registered as torch custom ops.
+//
+//   out[b, q, h, :] = sum_{l, p} a[b, q, h, l, p] * bilinear(value[b, level l, h, :], loc[b, q, h, l, p])
+//
+// Bilinear sampling with zero padding, identical to F.grid_sample(mode="bilinear",
+// padding_mode="zeros", align_corners=False) on grid = 2 * loc - 1: pixel (i, j) of a level of
+// size (H_l, W_l) has its centre at ((j + 0.5) / W_l, (i + 0.5) / H_l) in location units.
+//
+// Layouts (all contiguous): value [B, S, H, D] with the levels flattened row-major and concatenated
+// along S; spatial_shapes int64 [L, 2] as (H_l, W_l); level_start_index int64 [L];
+// sampling_loc [B, Q, H, L, P, 2] as (x, y); attn_weight [B, Q, H, L, P]; output [B, Q, H * D].
+//
+// Nothing of size [.., L * P, D] is materialised: each (b, q, h) accumulates its D outputs directly.
+// The backward is race-free without atomics: the work is split over (b, h, l), and each such unit
+// owns grad_value[b, level l, h, :] and grad_loc / grad_attn[b, :, h, l, :].
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace detrlab {
+namespace {
+
+// The four bilinear corners of one sampling point, with their flat row offsets inside the level
+// (-1 when the corner lies outside the map and therefore reads zero).
+template <typename scalar_t>
+struct Corners {
+  int64_t offset[4];
+  scalar_t weight[4];
+  scalar_t dweight_dx[4];
+  scalar_t dweight_dy[4];
+};
+
+// Returns false when no corner is inside the map (the sample is exactly zero).
+template <typename scalar_t>
+inline bool bilinear_corners(scalar_t loc_x, scalar_t loc_y, int64_t height, int64_t width,
+                             Corners<scalar_t>& c) {
+  // grid_sample, align_corners=False: ix = ((2 * loc - 1 + 1) * W - 1) / 2 = loc * W - 0.5
+  const scalar_t x = loc_x * static_cast<scalar_t>(width) - static_cast<scalar_t>(0.5);
+  const scalar_t y = loc_y * static_cast<scalar_t>(height) - static_cast<scalar_t>(0.5);
+  if (!(x > static_cast<scalar_t>(-1) && y > static_cast<scalar_t>(-1) &&
+        x < static_cast<scalar_t>(width) && y < static_cast<scalar_t>(height))) {
+    return false;  // also rejects NaN
+  }
+  const scalar_t x0f = std::floor(x);
+  const scalar_t y0f = std::floor(y);
+  const int64_t x0 = static_cast<int64_t>(x0f);
+  const int64_t y0 = static_cast<int64_t>(y0f);
+  const scalar_t lx = x - x0f, ly = y - y0f;
+  const scalar_t hx = 1 - lx, hy = 1 - ly;
+  const bool x0_in = x0 >= 0, x1_in = x0 + 1 < width;
+  const bool y0_in = y0 >= 0, y1_in = y0 + 1 < height;
+  // corner order: (y0, x0), (y0, x1), (y1, x0), (y1, x1)
+  c.offset[0] = (y0_in && x0_in) ? y0 * width + x0 : -1;
+  c.offset[1] = (y0_in && x1_in) ? y0 * width + x0 + 1 : -1;
+  c.offset[2] = (y1_in && x0_in) ? (y0 + 1) * width + x0 : -1;
+  c.offset[3] = (y1_in && x1_in) ? (y0 + 1) * width + x0 + 1 : -1;
+  c.weight[0] = hy * hx;
+  c.weight[1] = hy * lx;
+  c.weight[2] = ly * hx;
+  c.weight[3] = ly * lx;
+  c.dweight_dx[0] = -hy;
+  c.dweight_dx[1] = hy;
+  c.dweight_dx[2] = -ly;
+  c.dweight_dx[3] = ly;
+  c.dweight_dy[0] = -hx;
+  c.dweight_dy[1] = -lx;
+  c.dweight_dy[2] = hx;
+  c.dweight_dy[3] = lx;
+  return true;
+}
+
+// o[d] += w * v[d]
+template <typename scalar_t>
+inline void axpy(scalar_t* __restrict__ o, const scalar_t* __restrict__ v, scalar_t w, int64_t D) {
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) o[d] += w * v[d];
+}
+
+// gv[d] += w * go[d]; returns sum_d go[d] * v[d]
+template <typename scalar_t>
+inline scalar_t dot_and_axpy(scalar_t* __restrict__ gv, const scalar_t* __restrict__ go,
+                             const scalar_t* __restrict__ v, scalar_t w, int64_t D) {
+  scalar_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t d = 0; d < D; ++d) {
+    dot += go[d] * v[d];
+    gv[d] += w * go[d];
+  }
+  return dot;
+}
+
+void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                  const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
+                  const at::Tensor& attn_weight) {
+  TORCH_CHECK(value.dim() == 4, "value must be [B, S, H, D], got ", value.sizes());
+  TORCH_CHECK(sampling_loc.dim() == 6 && sampling_loc.size(5) == 2,
+              "sampling_loc must be [B, Q, H, L, P, 2], got ", sampling_loc.sizes());
+  TORCH_CHECK(attn_weight.dim() == 5, "attn_weight must be [B, Q, H, L, P], got ", attn_weight.sizes());
+  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2 &&
+                  spatial_shapes.scalar_type() == at::kLong,
+              "spatial_shapes must be int64 [L, 2]");
+  TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.scalar_type() == at::kLong,
+              "level_start_index must be int64 [L]");
+  const int64_t B = value.size(0), H = value.size(2);
+  const int64_t L = spatial_shapes.size(0);
+  TORCH_CHECK(level_start_index.size(0) == L, "level_start_index has ", level_start_index.size(0),
+              " entries for ", L, " levels");
+  TORCH_CHECK(sampling_loc.size(0) == B && sampling_loc.size(2) == H && sampling_loc.size(3) == L,
+              "sampling_loc ", sampling_loc.sizes(), " does not match value ", value.sizes(), " and ",
+              L, " levels");
+  TORCH_CHECK(attn_weight.sizes() == sampling_loc.sizes().slice(0, 5), "attn_weight ",
+              attn_weight.sizes(), " does not match sampling_loc ", sampling_loc.sizes());
+  TORCH_CHECK(value.scalar_type() == sampling_loc.scalar_type() &&
+                  value.scalar_type() == attn_weight.scalar_type(),
+              "value, sampling_loc and attn_weight must share a dtype");
+  TORCH_CHECK(value.device().is_cpu() && sampling_loc.device().is_cpu() && attn_weight.device().is_cpu(),
+              "the CPU kernel got tensors on ", value.device());
+}
+
+// (H_l, W_l, start_l) per level, validated against S.
+std::vector<std::array<int64_t, 3>> level_table(const at::Tensor& spatial_shapes,
+                                                const at::Tensor& level_start_index, int64_t S) {
+  const auto shapes = spatial_shapes.to(at::kCPU).contiguous();
+  const auto starts = level_start_index.to(at::kCPU).contiguous();
+  const int64_t* sp = shapes.data_ptr<int64_t>();
+  const int64_t* st = starts.data_ptr<int64_t>();
+  std::vector<std::array<int64_t, 3>> table(shapes.size(0));
+  for (int64_t l = 0; l < shapes.size(0); ++l) {
+    table[l] = {sp[2 * l], sp[2 * l + 1], st[l]};
+    TORCH_CHECK(sp[2 * l] >= 0 && sp[2 * l + 1] >= 0 && st[l] >= 0 && st[l] + sp[2 * l] * sp[2 * l + 1] <= S,
+                "level ", l, " of shape (", sp[2 * l], ", ", sp[2 * l + 1], ") starting at ", st[l],
+                " does not fit in value's ", S, " tokens");
+  }
+  return table;
+}
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* value, const std::vector<std::array<int64_t, 3>>& levels,
+                    const scalar_t* loc, const scalar_t* attn, scalar_t* out, int64_t B, int64_t S,
+                    int64_t Q, int64_t H, int64_t D, int64_t P) {
+  const int64_t L = static_cast<int64_t>(levels.size());
+  const int64_t row = H * D;  // stride of one token in value
+  at::parallel_for(0, B * Q * H, 16, [&](int64_t begin, int64_t end) {
+    Corners<scalar_t> c;
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t h = idx % H;
+      const int64_t b = idx / (Q * H);
+      scalar_t* o = out + idx * D;
+      for (int64_t d = 0; d < D; ++d) o[d] = 0;
+      const scalar_t* value_bh = value + b * S * row + h * D;
+      const scalar_t* loc_i = loc + idx * L * P * 2;
+      const scalar_t* attn_i = attn + idx * L * P;
+      for (int64_t l = 0; l < L; ++l) {
+        const auto& lv = levels[l];
+        const scalar_t* value_l = value_bh + lv[2] * row;
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t lp = l * P + p;
+          const scalar_t a = attn_i[lp];
+          if (!bilinear_corners(loc_i[2 * lp], loc_i[2 * lp + 1], lv[0], lv[1], c)) continue;
+          for (int k = 0; k < 4; ++k) {
+            if (c.offset[k] < 0) continue;
+            axpy(o, value_l + c.offset[k] * row, a * c.weight[k], D);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* value, const std::vector<std::array<int64_t, 3>>& levels,
+                     const scalar_t* loc, const scalar_t* attn, const scalar_t* grad_out,
+                     scalar_t* grad_value, scalar_t* grad_loc, scalar_t* grad_attn, int64_t B, int64_t S,
+                     int64_t Q, int64_t H, int64_t D, int64_t P) {
+  const int64_t L = static_cast<int64_t>(levels.size());
+  const int64_t row = H * D;
+  // One unit per (b, h, l): it owns grad_value of level l, head h, image b, so no two threads
+  // write the same element and the result is deterministic.
+  at::parallel_for(0, B * H * L, 1, [&](int64_t begin, int64_t end) {
+    Corners<scalar_t> c;
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t l = unit % L;
+      const int64_t h = (unit / L) % H;
+      const int64_t b = unit / (L * H);
+      const auto& lv = levels[l];
+      const int64_t level_offset = (b * S + lv[2]) * row + h * D;
+      const scalar_t* value_l = value + level_offset;
+      scalar_t* grad_value_l = grad_value + level_offset;
+      const scalar_t width = static_cast<scalar_t>(lv[1]), height = static_cast<scalar_t>(lv[0]);
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t idx = (b * Q + q) * H + h;  // (b, q, h)
+        const scalar_t* go = grad_out + idx * D;
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t lp = idx * L * P + l * P + p;  // (b, q, h, l, p)
+          const scalar_t a = attn[lp];
+          scalar_t g_attn = 0, g_x = 0, g_y = 0;
+          if (bilinear_corners(loc[2 * lp], loc[2 * lp + 1], lv[0], lv[1], c)) {
+            for (int k = 0; k < 4; ++k) {
+              if (c.offset[k] < 0) continue;
+              // <grad_out, value at this corner>, and the corner's share of grad_out into grad_value
+              const scalar_t dot = dot_and_axpy(grad_value_l + c.offset[k] * row, go,
+                                                value_l + c.offset[k] * row, a * c.weight[k], D);
+              g_attn += c.weight[k] * dot;
+              g_x += c.dweight_dx[k] * dot;
+              g_y += c.dweight_dy[k] * dot;
+            }
+          }
+          grad_attn[lp] = g_attn;
+          grad_loc[2 * lp] = a * g_x * width;  // d x / d loc_x = W_l
+          grad_loc[2 * lp + 1] = a * g_y * height;
+        }
+      }
+    }
+  });
+}
+
+at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                      const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
+                                      const at::Tensor& attn_weight) {
+  check_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  const auto v = value.contiguous();
+  const auto loc = sampling_loc.contiguous();
+  const auto a = attn_weight.contiguous();
+  const int64_t B = v.size(0), S = v.size(1), H = v.size(2), D = v.size(3);
+  const int64_t Q = loc.size(1), P = loc.size(4);
+  const auto levels = level_table(spatial_shapes, level_start_index, S);
+  auto out = at::empty({B, Q, H * D}, v.options());
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
+    forward_kernel<scalar_t>(v.const_data_ptr<scalar_t>(), levels, loc.const_data_ptr<scalar_t>(),
+                             a.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), B, S, Q, H, D,
+                             P);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+    const at::Tensor& sampling_loc, const at::Tensor& attn_weight, const at::Tensor& grad_output) {
+  check_inputs(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+  const auto v = value.contiguous();
+  const auto loc = sampling_loc.contiguous();
+  const auto a = attn_weight.contiguous();
+  const int64_t B = v.size(0), S = v.size(1), H = v.size(2), D = v.size(3);
+  const int64_t Q = loc.size(1), P = loc.size(4);
+  TORCH_CHECK(grad_output.numel() == B * Q * H * D, "grad_output has ", grad_output.numel(),
+              " elements, expected ", B * Q * H * D);
+  const auto go = grad_output.to(v.scalar_type()).contiguous();
+  const auto levels = level_table(spatial_shapes, level_start_index, S);
+  // Tokens outside every level (none when the levels tile S) keep a zero gradient.
+  auto grad_value = at::zeros_like(v);
+  auto grad_loc = at::empty_like(loc);
+  auto grad_attn = at::empty_like(a);
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+    backward_kernel<scalar_t>(v.const_data_ptr<scalar_t>(), levels, loc.const_data_ptr<scalar_t>(),
+                              a.const_data_ptr<scalar_t>(), go.const_data_ptr<scalar_t>(),
+                              grad_value.mutable_data_ptr<scalar_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
+                              grad_attn.mutable_data_ptr<scalar_t>(), B, S, Q, H, D, P);
+  });
+  return {grad_value, grad_loc, grad_attn};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(detrlab, m) {
+  m.def(
+      "ms_deform_attn(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_loc, Tensor attn_weight) -> Tensor");
+  m.def(
+      "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_loc, Tensor attn_weight, Tensor grad_output) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(detrlab, CPU, m) {
+  m.impl("ms_deform_attn", &ms_deform_attn_forward_cpu);
+  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
+}
+
+}  // namespace detrlab
