@@ -12,6 +12,7 @@ from torch import nn
 from detrlab.data.collate import Batch
 from detrlab.evaluation.coco_eval import CocoEvaluator
 from detrlab.optim import OptimSettings, build_epoch_scheduler, build_optimizer
+from detrlab.utils.finite import nonfinite_terms
 
 log = logging.getLogger(__name__)
 
@@ -29,40 +30,76 @@ class DetectionModule(L.LightningModule):
         postprocess: ``postprocess(outputs, orig_sizes [B,2]) -> list[dict]`` of ``scores``,
             ``labels`` and ``boxes`` (absolute xyxy in the original image).
         optim: the optimizer settings (keys of :class:`detrlab.optim.OptimSettings`).
+        label_to_category_id: what the detector's class indices mean when they are not the
+            dataset's contiguous labels: ``label_to_category_id[index]`` is a category id. Imported
+            91-logit COCO models index raw COCO ids (the identity map 0..90). ``None`` (models
+            trained here): class index == the dataset's contiguous label.
 
     Validation computes COCO AP on predictions mapped back to the original images and the
     dataset's own category ids; the metrics are logged as ``val/AP``, ``val/AP50``, ...
     """
 
     def __init__(
-        self, detector: nn.Module, criterion: nn.Module, postprocess: nn.Module, optim: dict | None = None
+        self,
+        detector: nn.Module,
+        criterion: nn.Module,
+        postprocess: nn.Module,
+        optim: dict | None = None,
+        label_to_category_id: list[int] | None = None,
     ):
         super().__init__()
         self.detector = detector
         self.criterion = criterion
         self.postprocess = postprocess
         self.optim_settings = OptimSettings.from_dict(optim)
+        self.label_to_category_id = None if label_to_category_id is None else list(label_to_category_id)
+        # dataset label -> detector class index, set per validation run when the two differ
+        self._dataset_to_model_label: torch.Tensor | None = None
         # The sub-modules are saved in the state dict; only the plain settings are hyper-parameters.
         self.save_hyperparameters(ignore=["detector", "criterion", "postprocess"], logger=False)
         # The evaluator of the latest validation epoch, kept for summaries and results files.
         self.evaluator: CocoEvaluator | None = None
+        # Names of the non-finite loss terms of the latest training step (empty when it was finite).
+        self.nonfinite_terms: list[str] = []
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         return self.detector(images, mask)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         outputs = self.detector(batch.images, batch.mask)
         losses = self.criterion(outputs, batch.targets)
+        self.nonfinite_terms = nonfinite_terms(losses)
+        # Every rank must skip together, or DDP's gradient all-reduce would wait forever.
+        skip = bool(self.nonfinite_terms)
+        if self._trainer is not None:
+            skip = self.trainer.strategy.reduce_boolean_decision(skip, all=False)
+        if skip:
+            self.nonfinite_terms = self.nonfinite_terms or ["loss (on another rank)"]
+            # None skips backward and the optimizer step; callbacks.NonFiniteGuard counts the skip.
+            return None
         self._log_losses("train", losses, batch_size=len(batch), on_step=True)
         return losses["loss"]
 
     def on_validation_epoch_start(self) -> None:
         dataset = self._val_dataset()
-        self.evaluator = CocoEvaluator(dataset.coco, label_to_category_id=dataset.label_to_category_id)
+        if self.label_to_category_id is None:
+            self._dataset_to_model_label = None
+            self.evaluator = CocoEvaluator(dataset.coco, label_to_category_id=dataset.label_to_category_id)
+        else:
+            self._dataset_to_model_label = dataset_to_model_labels(
+                dataset.label_to_category_id, self.label_to_category_id
+            )
+            self.evaluator = CocoEvaluator(
+                dataset.coco, label_to_category_id=self.label_to_category_id, drop_unknown_categories=True
+            )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         outputs = self.detector(batch.images, batch.mask)
-        losses = self.criterion(outputs, batch.targets)
+        targets = batch.targets
+        if self._dataset_to_model_label is not None:
+            lookup = self._dataset_to_model_label.to(self.device)
+            targets = [{**t, "labels": lookup[t["labels"]]} for t in targets]
+        losses = self.criterion(outputs, targets)
         self._log_losses("val", losses, batch_size=len(batch), on_step=False)
         orig_sizes = torch.stack([t["orig_size"] for t in batch.targets])
         predictions = self.postprocess(outputs, orig_sizes)
@@ -119,3 +156,20 @@ class DetectionModule(L.LightningModule):
                 "`.label_to_category_id`."
             )
         return dataset
+
+
+def dataset_to_model_labels(dataset_category_ids: list[int], model_category_ids: list[int]) -> torch.Tensor:
+    """``[num_dataset_labels]`` int64: the detector class index of each contiguous dataset label.
+
+    Raises:
+        ValueError: a dataset category the detector has no class for, named with the fix.
+    """
+    index_of = {int(category): index for index, category in enumerate(model_category_ids)}
+    missing = [int(c) for c in dataset_category_ids if int(c) not in index_of]
+    if missing:
+        raise ValueError(
+            f"The dataset has category ids {missing[:10]} that the model's label_to_category_id does not "
+            "cover, so its losses and AP would be meaningless. Evaluate on a dataset with the model's "
+            "categories, or fine-tune with `model.init_from=` to re-initialise the class heads."
+        )
+    return torch.tensor([index_of[int(c)] for c in dataset_category_ids], dtype=torch.long)

@@ -145,6 +145,21 @@ def test_results_use_dataset_category_ids_and_xywh(gt_path):
     assert results[1]["category_id"] == 3 and results[1]["bbox"] == [0.0, 0.0, 1.0, 2.0]
 
 
+def test_model_label_map_wider_than_the_dataset_drops_unknown_ids(gt_path):
+    # A 91-logit model: class index == COCO id; ids the dataset lacks (5) cannot match and are dropped.
+    raw_ids = list(range(91))
+    with pytest.raises(ValueError, match="does not define"):
+        CocoEvaluator(str(gt_path), label_to_category_id=raw_ids)
+    evaluator = CocoEvaluator(str(gt_path), label_to_category_id=raw_ids, drop_unknown_categories=True)
+    prediction = {
+        "scores": torch.tensor([0.9, 0.8, 0.7]),
+        "labels": torch.tensor([17, 5, 42]),
+        "boxes": torch.tensor([[10.0, 20.0, 40.0, 25.0]] * 3),
+    }
+    evaluator.update([5], [prediction])
+    assert [r["category_id"] for r in evaluator.results()] == [17, 42]
+
+
 def test_perfect_predictions_score_one_and_missing_categories_are_nan(gt_path):
     gt = _ground_truth()
     evaluator = CocoEvaluator(str(gt_path), label_to_category_id=CATEGORY_IDS)

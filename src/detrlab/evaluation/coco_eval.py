@@ -75,14 +75,25 @@ class CocoEvaluator:
             ``faster_coco_eval.COCO`` (used as is).
         label_to_category_id: ``label_to_category_id[label]`` is the dataset category id of the
             contiguous label ``label``; ``None`` when labels already are category ids.
+        drop_unknown_categories: detections whose category id the ground truth does not define
+            are dropped (they could never match) instead of making the map an error. For models
+            whose own label map covers more categories than the dataset (91-logit COCO models
+            evaluated on a subset of COCO's categories).
     """
 
-    def __init__(self, coco_gt: Any, label_to_category_id: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        coco_gt: Any,
+        label_to_category_id: Sequence[int] | None = None,
+        drop_unknown_categories: bool = False,
+    ) -> None:
         self.coco_gt = _as_faster_coco(coco_gt)
         self.label_to_category_id = (
             None if label_to_category_id is None else [int(c) for c in label_to_category_id]
         )
-        if self.label_to_category_id is not None:
+        self._known_categories = torch.tensor(sorted(self.coco_gt.cats), dtype=torch.float64)
+        self.drop_unknown_categories = drop_unknown_categories
+        if self.label_to_category_id is not None and not drop_unknown_categories:
             unknown = sorted(set(self.label_to_category_id) - set(self.coco_gt.cats))
             if unknown:
                 raise ValueError(
@@ -145,7 +156,10 @@ class CocoEvaluator:
             category_ids = torch.tensor(self.label_to_category_id, dtype=torch.float64)[labels]
         boxes = xyxy_to_xywh(prediction["boxes"].detach().cpu().double())
         scores = prediction["scores"].detach().cpu().double()
-        return torch.cat([boxes, scores[:, None], category_ids[:, None]], dim=1).numpy()
+        rows = torch.cat([boxes, scores[:, None], category_ids[:, None]], dim=1)
+        if self.drop_unknown_categories:
+            rows = rows[torch.isin(category_ids, self._known_categories)]
+        return rows.numpy()
 
     def gather(self) -> None:
         """Merge the predictions of all ranks into every rank (a collective: call it on all ranks).

@@ -4,6 +4,8 @@ Two families are supported:
 
 * torchvision ResNets (``resnet18`` ... ``wide_resnet101_2``), built with ``weights=None`` and, by default,
   :class:`torchvision.ops.FrozenBatchNorm2d`. ImageNet weights are loaded only from a local file.
+* ``resnet_custom``: torchvision's layout (7x7 stem, frozen BN by default) with free stem width, stage
+  widths, depths and block type, for imported checkpoints whose widths torchvision does not offer.
 * ``resnet_small``: a compact ResNet of torchvision ``BasicBlock`` stages with trainable BatchNorm and
   Kaiming init. It exists for CPU quick starts, where a frozen-BN network trained from random init does
   not learn; it therefore ignores ``frozen_batchnorm`` and ``trainable_stages`` and trains every layer.
@@ -22,6 +24,8 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
+from detrlab.models.configurable_resnet import ConfigurableResNet
+
 TORCHVISION_RESNETS = (
     "resnet18",
     "resnet34",
@@ -37,6 +41,8 @@ TORCHVISION_RESNETS = (
 # BasicBlock cannot dilate, so these cannot be built as DC5.
 BASIC_BLOCK_RESNETS = ("resnet18", "resnet34")
 SMALL_RESNET = "resnet_small"
+# torchvision layout with free widths (imported checkpoints of non-standard width).
+CUSTOM_RESNET = "resnet_custom"
 
 # Freezing order for ``trainable_stages``: the first k of these train.
 _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "stem")
@@ -140,7 +146,8 @@ class ResNetBackbone(nn.Module):
     """ResNet feature extractor returning ``(features, mask)`` for each requested stage.
 
     Args:
-        name: a torchvision ResNet name (``resnet18``/``34``/``50``/``101``/...) or ``"resnet_small"``.
+        name: a torchvision ResNet name (``resnet18``/``34``/``50``/``101``/...), ``"resnet_small"`` or
+            ``"resnet_custom"``.
         pretrained: path of a local torchvision-format state dict, or ``None`` for random init.
             Nothing is ever downloaded.
         trainable_stages: how many of the last stages train, counted in the order layer4, layer3,
@@ -153,6 +160,9 @@ class ResNetBackbone(nn.Module):
         return_stages: stages (1..4) whose feature maps are returned, in increasing order.
         stage_widths: ``resnet_small`` only: channels of layer1..4 (default ``[32, 64, 128, 256]``).
         stage_blocks: ``resnet_small`` only: BasicBlocks per stage (default ``[1, 1, 1, 1]``).
+            ``resnet_custom`` requires both ``stage_widths`` and ``stage_blocks``.
+        stem_width: ``resnet_custom`` only: channels of the stem (default 64).
+        block_type: ``resnet_custom`` only: ``"basic"`` or ``"bottleneck"`` blocks.
 
     Attributes:
         num_channels: channels of each returned stage.
@@ -169,6 +179,8 @@ class ResNetBackbone(nn.Module):
         return_stages: Sequence[int] = (4,),
         stage_widths: Sequence[int] | None = None,
         stage_blocks: Sequence[int] | None = None,
+        stem_width: int = 64,
+        block_type: str = "bottleneck",
     ) -> None:
         super().__init__()
         return_stages = sorted({int(s) for s in return_stages})
@@ -194,6 +206,17 @@ class ResNetBackbone(nn.Module):
                     f"stage_widths and stage_blocks need 4 positive ints each, got {widths} and {blocks}"
                 )
             model: nn.Module = SmallResNet(widths, blocks)
+        elif name == CUSTOM_RESNET:
+            if stage_widths is None or stage_blocks is None:
+                raise ValueError(f"name='{CUSTOM_RESNET}' needs stage_widths and stage_blocks (4 ints each)")
+            model = ConfigurableResNet(
+                stem_width,
+                [int(w) for w in stage_widths],
+                [int(b) for b in stage_blocks],
+                block_type,
+                norm_layer=FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
+                dilation=dilation,
+            )
         elif name in TORCHVISION_RESNETS:
             if stage_widths is not None or stage_blocks is not None:
                 raise ValueError(
@@ -211,7 +234,8 @@ class ResNetBackbone(nn.Module):
             )
         else:
             raise ValueError(
-                f"unknown backbone name {name!r}; choose one of {[*TORCHVISION_RESNETS, SMALL_RESNET]}"
+                f"unknown backbone name {name!r}; choose one of "
+                f"{[*TORCHVISION_RESNETS, SMALL_RESNET, CUSTOM_RESNET]}"
             )
 
         if weights_file is not None:

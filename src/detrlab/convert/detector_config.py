@@ -1,0 +1,224 @@
+"""What a conversion produces besides weights: our model config, the class-id map and the assumptions made.
+
+The configs are plain dicts in the shape of ``conf/model/*.yaml`` (``DetectionModule`` with
+``detector``, ``criterion``, ``postprocess``, ``optim``), so ``hydra.utils.instantiate`` builds them
+and a converted checkpoint can store them for ``eval.py`` and ``train.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import hydra
+from torch import nn
+
+from detrlab.models.backbone import TORCHVISION_RESNETS
+
+__all__ = [
+    "COCO_RAW_NUM_CLASSES",
+    "ConvertedModel",
+    "deformable_module_config",
+    "detr_module_config",
+    "raw_coco_label_map",
+    "resnet_backbone_config",
+]
+
+#: Class count of detectors that index COCO categories by their raw ids (1..90, with gaps, + 0).
+COCO_RAW_NUM_CLASSES = 91
+
+# Standard ResNets by (block type, stem width, stage widths, depths): imported under their
+# torchvision name so that the config reads like ours; anything else is ``resnet_custom``.
+_STANDARD_RESNETS = {
+    ("basic", 64, (64, 128, 256, 512), (2, 2, 2, 2)): "resnet18",
+    ("basic", 64, (64, 128, 256, 512), (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", 64, (256, 512, 1024, 2048), (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", 64, (256, 512, 1024, 2048), (3, 4, 23, 3)): "resnet101",
+    ("bottleneck", 64, (256, 512, 1024, 2048), (3, 8, 36, 3)): "resnet152",
+}
+
+
+@dataclass
+class ConvertedModel:
+    """The model a foreign checkpoint describes.
+
+    Attributes:
+        family: ``"detr"``, ``"deformable_detr"`` or ``"deta"``.
+        model_config: ``DetectionModule`` config dict (``_target_``, ``detector``, ``criterion``,
+            ``postprocess``, ``optim``).
+        source: where it came from (path and format), for messages.
+        notes: hyper-parameters that were not recorded in the checkpoint and were assumed.
+        class_names: the name of each class index when the checkpoint records them
+            (transformers' ``id2label``), else ``None``.
+    """
+
+    family: str
+    model_config: dict[str, Any]
+    source: str
+    notes: list[str] = field(default_factory=list)
+    class_names: list[str] | None = None
+
+    @property
+    def detector_config(self) -> dict[str, Any]:
+        return self.model_config["detector"]
+
+    @property
+    def label_to_category_id(self) -> list[int] | None:
+        """Identity 0..90 for 91-class models (class index = COCO category id), else ``None``."""
+        return raw_coco_label_map(self.detector_config["num_classes"])
+
+    def build_detector(self) -> nn.Module:
+        """Instantiate the detector (random weights)."""
+        return hydra.utils.instantiate(copy.deepcopy(self.detector_config), _convert_="all")
+
+    def apply_overrides(self, overrides: dict[str, Any]) -> None:
+        """Update detector arguments (``backbone`` may be a dict merged into the backbone config)."""
+        for key, value in overrides.items():
+            if key == "backbone" and isinstance(value, dict):
+                self.detector_config["backbone"].update(value)
+            else:
+                self.detector_config[key] = value
+        if "num_classes" in overrides:
+            self.model_config["criterion"]["num_classes"] = overrides["num_classes"]
+        if "num_queries" in overrides and "num_queries" in self.model_config["criterion"]:
+            self.model_config["criterion"]["num_queries"] = overrides["num_queries"]
+
+
+def raw_coco_label_map(num_classes: int) -> list[int] | None:
+    """Identity map for 91-logit models, whose class index *is* the COCO category id; else ``None``."""
+    return list(range(num_classes)) if num_classes == COCO_RAW_NUM_CLASSES else None
+
+
+def resnet_backbone_config(
+    block_type: str,
+    stem_width: int,
+    stage_widths: list[int],
+    stage_blocks: list[int],
+    return_stages: list[int],
+    dilation: bool = False,
+) -> dict[str, Any]:
+    """A ``ResNetBackbone`` config: a torchvision name when the widths are standard, else ``resnet_custom``."""
+    config: dict[str, Any] = {
+        "_target_": "detrlab.models.backbone.ResNetBackbone",
+        "pretrained": None,
+        "trainable_stages": 3,
+        "frozen_batchnorm": True,
+        "dilation": dilation,
+        "return_stages": list(return_stages),
+    }
+    standard = _STANDARD_RESNETS.get((block_type, stem_width, tuple(stage_widths), tuple(stage_blocks)))
+    if standard is not None:
+        config["name"] = standard
+    else:
+        config.update(
+            name="resnet_custom",
+            stem_width=stem_width,
+            stage_widths=list(stage_widths),
+            stage_blocks=list(stage_blocks),
+            block_type=block_type,
+        )
+    return config
+
+
+def named_resnet_config(name: str, return_stages: list[int], dilation: bool = False) -> dict[str, Any]:
+    """A ``ResNetBackbone`` config for a torchvision ResNet name (timm and original checkpoints)."""
+    if name not in TORCHVISION_RESNETS:
+        raise ValueError(
+            f"backbone {name!r} is not a ResNet we can build; supported: {list(TORCHVISION_RESNETS)}"
+        )
+    return {
+        "_target_": "detrlab.models.backbone.ResNetBackbone",
+        "name": name,
+        "pretrained": None,
+        "trainable_stages": 3,
+        "frozen_batchnorm": True,
+        "dilation": dilation,
+        "return_stages": list(return_stages),
+    }
+
+
+def _matcher(
+    class_cost: str, cost_class: float, cost_bbox: float, cost_giou: float, focal_alpha: float
+) -> dict:
+    return {
+        "_target_": "detrlab.losses.matcher.HungarianMatcher",
+        "class_cost": class_cost,
+        "cost_class": float(cost_class),
+        "cost_bbox": float(cost_bbox),
+        "cost_giou": float(cost_giou),
+        "focal_alpha": float(focal_alpha),
+        "focal_gamma": 2.0,
+    }
+
+
+def detr_module_config(
+    detector: dict[str, Any],
+    costs: tuple[float, float, float],
+    loss_weights: tuple[float, float, float],
+    eos_coef: float,
+    optim: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``DetectionModule`` config of a DETR (softmax classes, "no object" column)."""
+    num_classes = detector["num_classes"]
+    return {
+        "_target_": "detrlab.module.DetectionModule",
+        "detector": detector,
+        "criterion": {
+            "_target_": "detrlab.losses.criterion.SetCriterion",
+            "num_classes": num_classes,
+            "loss_weights": dict(zip(("ce", "bbox", "giou"), map(float, loss_weights))),
+            "eos_coef": float(eos_coef),
+            "matcher": _matcher("softmax", *costs, focal_alpha=0.25),
+        },
+        "postprocess": {"_target_": "detrlab.evaluation.postprocess.DetrPostProcess"},
+        "optim": optim or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "lr_drop_epochs": [200]},
+    }
+
+
+def deformable_module_config(
+    detector: dict[str, Any],
+    costs: tuple[float, float, float],
+    loss_weights: tuple[float, float, float],
+    focal_alpha: float,
+    assign_second_stage: bool,
+    criterion_num_queries: int,
+    optim: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``DetectionModule`` config of Deformable DETR / DETA (sigmoid focal classes).
+
+    DETA's one-to-many training (``assign_second_stage``) produces duplicates, so its post-processing
+    runs class-wise NMS (0.7 after a top-10000 preselection), as DETA does at inference.
+    """
+    num_classes = detector["num_classes"]
+    postprocess: dict[str, Any] = {
+        "_target_": "detrlab.evaluation.sigmoid_postprocess.SigmoidTopKPostProcess",
+        "num_detections": 100,
+        "nms_iou": 0.7 if assign_second_stage else None,
+    }
+    if assign_second_stage:
+        postprocess["pre_nms_topk"] = 10000
+    return {
+        "_target_": "detrlab.module.DetectionModule",
+        "detector": detector,
+        "criterion": {
+            "_target_": "detrlab.losses.deformable_criterion.DeformableSetCriterion",
+            "num_classes": num_classes,
+            "loss_weights": dict(zip(("ce", "bbox", "giou"), map(float, loss_weights))),
+            "focal_alpha": float(focal_alpha),
+            "focal_gamma": 2.0,
+            "num_queries": int(criterion_num_queries),
+            "assign_first_stage": bool(detector.get("assign_first_stage", False)),
+            "assign_second_stage": bool(assign_second_stage),
+            "matcher": _matcher("focal", *costs, focal_alpha=focal_alpha),
+        },
+        "postprocess": postprocess,
+        "optim": optim
+        or {
+            "lr": 2e-4,
+            "lr_backbone": 2e-5,
+            "lr_linear_proj_mult": 0.1,
+            "weight_decay": 1e-4,
+            "lr_drop_epochs": [40],
+        },
+    }
