@@ -68,7 +68,17 @@ def test_every_debug_config_composes(debug, tmp_path):
 
 @pytest.mark.parametrize("data", options("data"))
 def test_every_data_config_instantiates(data, tmp_path):
-    cfg = compose_config("train", [f"data={data}", f"paths.data_dir={tmp_path}"], tmp_path)
+    # data=coco_format has no default paths: the user names each split's folder and JSON.
+    paths = [
+        f"data.{split}_{kind}={tmp_path / split}"
+        for split in ("train", "val")
+        for kind in ("images", "annotations")
+    ]
+    cfg = compose_config(
+        "train",
+        [f"data={data}", f"paths.data_dir={tmp_path}", *(paths if data == "coco_format" else [])],
+        tmp_path,
+    )
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     assert isinstance(datamodule, L.LightningDataModule)
     assert cfg.data.num_classes == cfg.model.detector.num_classes
