@@ -47,3 +47,13 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
         cfg.hydra.runtime.cwd = str(output_dir)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def module_available(name: str) -> bool:
+    """Whether ``import name`` would work (also when a parent package such as hydra_plugins is absent)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False

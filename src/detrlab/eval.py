@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from detrlab.builders import build_datamodule, build_trainer, resolve_num_classes
 from detrlab.checkpoint import fill_from_checkpoint, load_checkpoint, model_from_checkpoint
+from detrlab.config_validation import validate_run_config
 from detrlab.utils.config_tree import print_config_tree
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     fill_from_checkpoint(cfg, checkpoint)
     resolve_num_classes(cfg.data)
+    validate_run_config(cfg)
     if cfg.get("print_config"):
         print_config_tree(cfg)
 

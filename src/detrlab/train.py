@@ -18,6 +18,7 @@ from detrlab.builders import (
     resolve_num_classes,
     resolve_resume_path,
 )
+from detrlab.config_validation import validate_run_config
 from detrlab.initial_weights import load_initial_weights
 from detrlab.utils.config_tree import print_config_tree
 from detrlab.utils.model_summary import count_parameters
@@ -39,6 +40,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     output_dir = Path(cfg.paths.output_dir)
     resolve_num_classes(cfg.get("data"))
+    validate_run_config(cfg)
     if cfg.get("print_config", True):
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
     save_resolved_config(cfg, output_dir / "resolved_config.yaml")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from detrlab.builders import build_loggers
-from tests.helpers import compose_config
+from tests.helpers import compose_config, module_available
 
 
 @pytest.mark.parametrize(
@@ -41,7 +39,7 @@ def test_run_name_sets_a_stable_run_folder(tmp_path):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    not module_available("hydra_plugins.hydra_submitit_launcher"),
     reason="needs the `slurm` extra (hydra-submitit-launcher)",
 )
 @pytest.mark.parametrize("launcher", ["slurm", "slurm_cpu"])
@@ -58,7 +56,7 @@ def test_slurm_launcher_has_one_task_per_device(launcher, tmp_path):
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    not module_available("hydra_plugins.hydra_optuna_sweeper"),
     reason="needs the `sweep` extra (hydra-optuna-sweeper)",
 )
 def test_optuna_search_config_maximises_the_optimized_metric(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES, module_available
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +58,7 @@ def test_basic_sweeper_runs_each_job_in_its_own_folder_and_tracking_run(tmp_path
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    not module_available("hydra_plugins.hydra_optuna_sweeper"),
     reason="needs the `sweep` extra (hydra-optuna-sweeper)",
 )
 def test_optuna_sweep_maximises_val_ap(tmp_path, synthetic_data_dir):

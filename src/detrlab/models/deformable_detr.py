@@ -11,8 +11,8 @@ from torchvision.ops import MLP
 
 from detrlab.models.deformable_layers import inverse_sigmoid
 from detrlab.models.deformable_transformer import DeformableTransformer
-from detrlab.models.detr import _check_inputs
 from detrlab.models.input_projection import MultiScaleProjection
+from detrlab.models.inputs import check_detector_inputs
 from detrlab.models.position import PositionEmbeddingSine
 
 __all__ = ["DETA", "DeformableDETR"]
@@ -138,7 +138,7 @@ class DeformableDETR(nn.Module):
                 [B, Q, 4] the decoder's input proposal boxes (sigmoid cxcywh, detached).
               Q is ``min(num_queries, S)`` with two-stage.
         """
-        _check_inputs(images, mask)
+        check_detector_inputs(images, mask)
         levels = self.input_proj(self.backbone(images, mask), mask)
         srcs = [feat for feat, _ in levels]
         masks = [m for _, m in levels]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torchvision.ops import MLP
 
+from detrlab.models.inputs import check_detector_inputs
 from detrlab.models.position import build_position_encoding
 from detrlab.models.transformer import Transformer
 
@@ -83,7 +83,7 @@ class DETR(nn.Module):
               - ``aux_outputs``: list of ``num_decoder_layers - 1`` dicts with ``pred_logits`` and
                 ``pred_boxes`` of the earlier decoder layers (empty when ``aux_loss`` is False).
         """
-        _check_inputs(images, mask)
+        check_detector_inputs(images, mask)
         features, feat_mask = self.backbone(images, mask)[-1]
         pos = self.position_encoding(feat_mask).to(features.dtype)
         hs, _ = self.transformer(self.input_proj(features), feat_mask, self.query_embed.weight, pos)
@@ -96,18 +96,3 @@ class DETR(nn.Module):
             "pred_boxes": boxes[-1],
             "aux_outputs": aux if self.aux_loss else [],
         }
-
-
-def _check_inputs(images: Tensor, mask: Tensor) -> None:
-    """Reject inputs that would otherwise fail deep inside the network with an obscure message."""
-    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(
-            f"images must be a float tensor [B, 3, H, W], got {images.dtype} {tuple(images.shape)}; "
-            "convert with images.float() and put channels in dim 1"
-        )
-    b, _, h, w = images.shape
-    if mask.dtype != torch.bool or tuple(mask.shape) != (b, h, w):
-        raise ValueError(
-            f"mask must be a bool tensor [B, H, W] = {(b, h, w)} (True on padding), got {mask.dtype} "
-            f"{tuple(mask.shape)}"
-        )

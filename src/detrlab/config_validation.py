@@ -1,0 +1,152 @@
+"""Impossible config combinations, found before anything is built or any data is read.
+
+Each check names the keys that conflict and how to resolve them; all problems are reported at
+once. The detector and criterion constructors check their own arguments too, but a run would only
+reach them after data set-up, and some conflicts (criterion vs detector, trainer vs machine) are
+between config groups that no single constructor sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from detrlab.errors import ConfigError
+
+__all__ = ["validate_run_config"]
+
+_DEFORMABLE_DETECTORS = ("DeformableDETR", "DETA")
+
+
+def validate_run_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every conflicting combination in ``cfg`` (train or eval config)."""
+    problems: list[str] = []
+    for check in _CHECKS:
+        problems += check(cfg)
+    if problems:
+        raise ConfigError(
+            "The configuration cannot run:\n" + "\n".join(f"  - {problem}" for problem in problems)
+        )
+
+
+def _node(cfg: DictConfig, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if node is None or not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _target_name(node) -> str:
+    target = node.get("_target_", "") if isinstance(node, DictConfig) else ""
+    return str(target).rsplit(".", 1)[-1]
+
+
+def _detector_checks(cfg: DictConfig) -> list[str]:
+    detector = _node(cfg, "model.detector")
+    criterion = _node(cfg, "model.criterion")
+    if detector is None:
+        return []
+    problems = []
+    deformable = _target_name(detector) in _DEFORMABLE_DETECTORS
+    two_stage = bool(detector.get("two_stage", False))
+    if deformable and two_stage and not detector.get("with_box_refine", False):
+        problems.append(
+            "model.detector.two_stage=true needs model.detector.with_box_refine=true (the encoder "
+            "proposal head is the extra box head of refinement): set both, or two_stage=false"
+        )
+    for stage in ("assign_first_stage", "assign_second_stage"):
+        wanted = bool(criterion.get(stage, False)) if criterion is not None else False
+        wanted = wanted or (stage == "assign_first_stage" and bool(detector.get(stage, False)))
+        if wanted and not two_stage:
+            problems.append(
+                f"model.criterion.{stage}=true (DETA's IoU assignment) needs a two-stage detector: "
+                "its boxes are the encoder proposals. Use model=deta_r50, or add "
+                "model.detector.two_stage=true model.detector.with_box_refine=true, or model/assigner=hungarian"
+            )
+    levels = detector.get("num_feature_levels")
+    queries = detector.get("num_queries")
+    if deformable and levels is not None and int(levels) < 1:
+        problems.append(f"model.detector.num_feature_levels={levels} must be >= 1")
+    if (
+        deformable
+        and two_stage
+        and detector.get("assign_first_stage", False)
+        and levels is not None
+        and queries is not None
+        and int(queries) < int(levels)
+    ):
+        problems.append(
+            f"model.detector.num_queries={queries} is smaller than num_feature_levels={levels}: DETA's "
+            "proposal selection takes num_queries // levels proposals per level, which would be 0. Use at "
+            "least one query per level (the papers use 900 for 5 levels)"
+        )
+    if criterion is not None:
+        for key in ("num_classes", "num_queries"):
+            if key in criterion and key in detector and criterion[key] != detector[key]:
+                problems.append(
+                    f"model.criterion.{key}={criterion[key]} differs from model.detector.{key}="
+                    f"{detector[key]}: set one value for both (the model configs interpolate them)"
+                )
+        sigmoid_criterion = _target_name(criterion) == "DeformableSetCriterion"
+        if deformable != sigmoid_criterion and _target_name(criterion) in (
+            "SetCriterion",
+            "DeformableSetCriterion",
+        ):
+            problems.append(
+                f"model.detector is a {_target_name(detector)} but model.criterion is a "
+                f"{_target_name(criterion)}: DETR uses softmax logits with a no-object class "
+                "(SetCriterion), Deformable DETR / DETA sigmoid logits (DeformableSetCriterion). "
+                "Start from the matching model config instead of swapping one part"
+            )
+    return problems
+
+
+def _trainer_checks(cfg: DictConfig) -> list[str]:
+    trainer = _node(cfg, "trainer")
+    if trainer is None:
+        return []
+    accelerator = str(trainer.get("accelerator", "auto"))
+    devices = trainer.get("devices", 1)
+    count = _requested_devices(devices)
+    gpus = torch.cuda.device_count()
+    problems = []
+    if accelerator in ("gpu", "cuda") and gpus == 0:
+        problems.append(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA GPU visible: use "
+            "trainer=cpu (or trainer.accelerator=cpu), or check CUDA_VISIBLE_DEVICES and the driver"
+        )
+    elif accelerator in ("gpu", "cuda", "auto") and gpus > 0 and count is not None and count > gpus:
+        problems.append(
+            f"trainer.devices={devices} but only {gpus} GPU(s) are visible: use trainer.devices={gpus} "
+            "(more nodes: trainer.num_nodes)"
+        )
+    elif accelerator == "auto" and gpus == 0 and count is not None and count > 1:
+        problems.append(
+            f"trainer.devices={devices} with trainer.accelerator=auto, but no GPU is visible, so this would "
+            f"start {count} CPU processes. For CPU data-parallel runs say so with trainer.accelerator=cpu; "
+            "on a GPU machine check CUDA_VISIBLE_DEVICES"
+        )
+    return problems
+
+
+def _requested_devices(devices) -> int | None:
+    """How many devices ``trainer.devices`` asks for; ``None`` for "all" / "auto"."""
+    if isinstance(devices, bool) or devices is None:
+        return None
+    if isinstance(devices, int):
+        return None if devices < 0 else devices
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text in ("auto", "-1", ""):
+            return None
+        if "," in text:
+            return len([part for part in text.split(",") if part.strip()])
+        return int(text) if text.isdigit() else None
+    return len(list(devices))  # a list of device indices
+
+
+_CHECKS: tuple[Callable[[DictConfig], list[str]], ...] = (_detector_checks, _trainer_checks)
