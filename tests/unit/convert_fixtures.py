@@ -41,6 +41,19 @@ def resnet_config(out_features: list[str]) -> transformers.ResNetConfig:
     )
 
 
+def swin_config(out_features: list[str]) -> transformers.SwinConfig:
+    """A small Swin (embed 16, depths 1-1-2-1, heads 1-1-2-2, window 2, 64 px pretraining layout)."""
+    return transformers.SwinConfig(
+        embed_dim=16,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=2,
+        image_size=64,
+        drop_path_rate=0.0,
+        out_features=out_features,
+    )
+
+
 def _randomize(model: torch.nn.Module, seed: int) -> None:
     """Non-trivial weights everywhere (heads, sampling offsets, BatchNorm statistics)."""
     generator = torch.Generator().manual_seed(seed)
@@ -58,9 +71,14 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 def make_hf_model(kind: str, num_labels: int = 5, seed: int = 0) -> torch.nn.Module:
     """``kind``: deta | deformable | deformable_two_stage | detr (eval mode, random weights)."""
     torch.manual_seed(seed)
-    if kind == "deta":
+    if kind in ("deta", "deta_swin"):
+        backbone = (
+            swin_config(["stage2", "stage3", "stage4"])
+            if kind == "deta_swin"
+            else resnet_config(["stage2", "stage3", "stage4"])
+        )
         config = deta_modeling.DetaConfig(
-            backbone_config=resnet_config(["stage2", "stage3", "stage4"]),
+            backbone_config=backbone,
             num_queries=12,
             two_stage_num_proposals=12,
             num_labels=num_labels,
@@ -172,11 +190,55 @@ def _merge_qkv(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+_SWIN_BLOCK = [
+    ("layernorm_before.", "norm1."),
+    ("layernorm_after.", "norm2."),
+    ("attention.self.relative_position_bias_table", "attn.relative_position_bias_table"),
+    ("attention.self.relative_position_index", "attn.relative_position_index"),
+    ("attention.output.dense.", "attn.proj."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+]
+
+
+def _swin_backbone_to_original(backbone: dict[str, Tensor]) -> dict[str, Tensor]:
+    """transformers SwinBackbone names -> the Swin repository's detection backbone names."""
+    out = {}
+    for key, value in backbone.items():
+        if m := re.match(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.query\.(\w+)", key):
+            parts = [backbone[key.replace(".query.", f".{n}.")] for n in ("query", "key", "value")]
+            out[f"layers.{m[1]}.blocks.{m[2]}.attn.qkv.{m[3]}"] = torch.cat(parts)
+        elif re.match(r".*attention\.self\.(key|value)\.", key):
+            continue
+        elif m := re.match(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.*)", key):
+            rest = m[3]
+            for theirs, original in _SWIN_BLOCK:
+                if rest.startswith(theirs):
+                    rest = original + rest[len(theirs) :]
+                    break
+            out[f"layers.{m[1]}.blocks.{m[2]}.{rest}"] = value
+        elif m := re.match(r"encoder\.layers\.(\d+)\.downsample\.(.*)", key):
+            out[f"layers.{m[1]}.downsample.{m[2]}"] = value
+        elif m := re.match(r"hidden_states_norms\.stage(\d)\.(.*)", key):
+            out[f"norm{int(m[1]) - 1}.{m[2]}"] = value  # output index i = stage i + 1
+        else:
+            out[
+                key.replace("embeddings.patch_embeddings.projection.", "patch_embed.proj.").replace(
+                    "embeddings.norm.", "patch_embed.norm."
+                )
+            ] = value
+    return out
+
+
 def hf_to_original(state: dict[str, Tensor], family: str) -> dict[str, Tensor]:
     """Rename a transformers state dict into the original repository's format (``checkpoint['model']``)."""
     backbone = "model.backbone.model." if family == "deta" else "model.backbone.conv_encoder.model."
     layer_rules = _DETR_LAYER if family == "detr" else _DEFORMABLE_LAYER
     out = {}
+    backbone_state = {k[len(backbone) :]: v for k, v in state.items() if k.startswith(backbone)}
+    if any(k.startswith("embeddings.patch_embeddings") for k in backbone_state):
+        out.update({"backbone.0.body." + k: v for k, v in _swin_backbone_to_original(backbone_state).items()})
+        state = {k: v for k, v in state.items() if not k.startswith(backbone)}
     for key, value in _merge_qkv(dict(state)).items():
         if key.startswith(backbone):
             new = "backbone.0.body." + _resnet_to_original(key[len(backbone) :])

@@ -23,6 +23,7 @@ __all__ = [
     "detr_module_config",
     "raw_coco_label_map",
     "resnet_backbone_config",
+    "swin_backbone_config",
 ]
 
 #: Class count of detectors that index COCO categories by their raw ids (1..90, with gaps, + 0).
@@ -222,3 +223,36 @@ def deformable_module_config(
             "lr_drop_epochs": [40],
         },
     }
+
+
+#: Swin-L in the layout of DETA's Swin backbone (384 pretraining, window 12).
+_SWIN_L = {"embed_dim": 192, "depths": [2, 2, 18, 2], "num_heads": [6, 12, 24, 48], "window_size": 12}
+
+
+def swin_backbone_config(
+    embed_dim: int,
+    depths: list[int],
+    num_heads: list[int],
+    window_size: int,
+    pretrain_img_size: int,
+    return_stages: list[int],
+    drop_path_rate: float,
+) -> dict[str, Any]:
+    """A ``SwinBackbone`` config: ``swin_l`` when the architecture is Swin-L, else explicit overrides."""
+    architecture = {
+        "embed_dim": int(embed_dim),
+        "depths": [int(d) for d in depths],
+        "num_heads": [int(h) for h in num_heads],
+        "window_size": int(window_size),
+    }
+    config: dict[str, Any] = {
+        "_target_": "detrlab.models.swin.SwinBackbone",
+        "name": "swin_l",
+        "pretrained": None,
+        "return_stages": list(return_stages),
+        "drop_path_rate": float(drop_path_rate),
+        "gradient_checkpointing": False,
+    }
+    if architecture != _SWIN_L or int(pretrain_img_size) != 384:
+        config.update(architecture, pretrain_img_size=int(pretrain_img_size))
+    return config

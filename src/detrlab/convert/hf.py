@@ -20,9 +20,10 @@ from detrlab.convert.detector_config import (
     detr_module_config,
     named_resnet_config,
     resnet_backbone_config,
+    swin_backbone_config,
 )
 from detrlab.convert.keymap import CheckpointConversionError, Rule
-from detrlab.convert.keymaps_backbone import hf_resnet_rules, torchvision_resnet_rules
+from detrlab.convert.keymaps_backbone import hf_resnet_rules, hf_swin_rules, torchvision_resnet_rules
 from detrlab.convert.keymaps_hf import hf_deformable_rules, hf_detr_rules
 
 __all__ = ["is_hf_directory", "read_hf_directory"]
@@ -101,11 +102,13 @@ def _backbone(
 
     backbone = config.get("backbone_config") or {}
     kind = backbone.get("model_type", "resnet")
+    if kind == "swin" and deformable:
+        return _swin_backbone(backbone, path, prefix, num_levels)
     _require(
         kind == "resnet",
         path,
-        f"backbone_config.model_type={kind!r} is not supported; ResNet backbones are (Swin checkpoints "
-        "of these detectors cannot be imported yet)",
+        f"backbone_config.model_type={kind!r} is not supported; ResNet and (for the deformable "
+        "detectors) Swin backbones are",
     )
     _require(
         not backbone.get("downsample_in_first_stage", False)
@@ -128,6 +131,35 @@ def _backbone(
         dilation,
     )
     return cfg, hf_resnet_rules(prefix), min(num_levels, len(stages))
+
+
+def _swin_backbone(
+    backbone: dict[str, Any], path: Path, prefix: str, num_levels: int
+) -> tuple[dict, list[Rule], int]:
+    """A transformers ``SwinConfig`` backbone as our timm-based ``SwinBackbone``."""
+    _require(backbone.get("patch_size", 4) == 4, path, "only Swin with patch size 4 is supported")
+    _require(float(backbone.get("mlp_ratio", 4.0)) == 4.0, path, "only Swin with mlp_ratio 4 is supported")
+    _require(backbone.get("qkv_bias", True), path, "only Swin with q/k/v biases is supported")
+    _require(backbone.get("hidden_act", "gelu") == "gelu", path, "only GELU Swin blocks are supported")
+    _require(
+        not backbone.get("use_absolute_embeddings", False),
+        path,
+        "Swin with absolute position embeddings is not supported",
+    )
+    out_features = backbone.get("out_features") or ["stage4"]
+    stages = sorted(int(name.removeprefix("stage")) for name in out_features)
+    _require(all(1 <= s <= 4 for s in stages), path, f"unsupported Swin out_features {out_features}")
+    image_size = backbone.get("image_size", 224)
+    cfg = swin_backbone_config(
+        embed_dim=int(backbone.get("embed_dim", 96)),
+        depths=list(backbone.get("depths", [2, 2, 6, 2])),
+        num_heads=list(backbone.get("num_heads", [3, 6, 12, 24])),
+        window_size=int(backbone.get("window_size", 7)),
+        pretrain_img_size=int(image_size[0] if isinstance(image_size, list) else image_size),
+        return_stages=stages,
+        drop_path_rate=float(backbone.get("drop_path_rate", 0.1)),
+    )
+    return cfg, hf_swin_rules(prefix, stages), min(num_levels, len(stages))
 
 
 def _num_labels(config: dict[str, Any]) -> int:

@@ -7,7 +7,7 @@ keeps ``nn.MultiheadAttention`` everywhere. Backbones are torchvision ResNets un
 from __future__ import annotations
 
 from detrlab.convert.keymap import Rule
-from detrlab.convert.keymaps_backbone import torchvision_resnet_rules
+from detrlab.convert.keymaps_backbone import original_swin_rules, torchvision_resnet_rules
 from detrlab.convert.keymaps_heads import deformable_head_rules, input_projection_rule
 
 __all__ = ["original_deformable_rules", "original_detr_rules"]
@@ -17,11 +17,18 @@ _DEC = r"transformer\.decoder\.layers\.(\d+)\."
 _BACKBONE = r"backbone\.0\.body\."
 
 
-def original_deformable_rules(num_backbone_levels: int, with_box_refine: bool) -> list[Rule]:
-    """fundamentalvision/Deformable-DETR and jozhang97/DETA (ResNet backbones)."""
+def original_deformable_rules(
+    num_backbone_levels: int, with_box_refine: bool, swin_stages: list[int] | None = None
+) -> list[Rule]:
+    """fundamentalvision/Deformable-DETR and jozhang97/DETA (ResNet, or with ``swin_stages`` Swin backbones)."""
     enc, dec = "transformer.encoder.layers.\\1.", "transformer.decoder.layers.\\1."
+    backbone = (
+        torchvision_resnet_rules(_BACKBONE)
+        if swin_stages is None
+        else original_swin_rules(_BACKBONE, swin_stages)
+    )
     return [
-        *torchvision_resnet_rules(_BACKBONE),
+        *backbone,
         input_projection_rule("", num_backbone_levels),
         Rule(r"transformer\.level_embed", "transformer.level_embed"),
         Rule(_ENC + r"self_attn\.(\w+)\.(\w+)", enc + r"self_attn.\2.\3"),

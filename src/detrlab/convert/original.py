@@ -1,7 +1,7 @@
 """Read an original-repository checkpoint: ``{'model': state_dict, 'args': Namespace | dict, ...}``.
 
-Covers facebookresearch/detr, fundamentalvision/Deformable-DETR and jozhang97/DETA (ResNet
-backbones). Hyper-parameters come from ``args``; when it is absent, the ones the weights determine
+Covers facebookresearch/detr, fundamentalvision/Deformable-DETR and jozhang97/DETA (ResNet and,
+for the deformable detectors, Swin backbones). Hyper-parameters come from ``args``; when it is absent, the ones the weights determine
 (widths, depths, levels, refinement, two-stage, class count) are read from tensor shapes, and the
 others take the repository's defaults, each recorded in ``ConvertedModel.notes``.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from detrlab.convert.detector_config import (
     deformable_module_config,
     detr_module_config,
     resnet_backbone_config,
+    swin_backbone_config,
 )
 from detrlab.convert.keymap import CheckpointConversionError, Rule
 from detrlab.convert.keymaps_original import original_deformable_rules, original_detr_rules
@@ -59,12 +61,9 @@ def _count(state: Mapping[str, Tensor], pattern: str) -> int:
 def _backbone_config(
     state: Mapping[str, Tensor], args: _Args, path: Path, stages: list[int]
 ) -> dict[str, Any]:
-    """The ResNet, read from the weights' shapes (authoritative over ``args.backbone``)."""
-    if any(k.startswith("backbone.0.body.layers.") or "patch_embed" in k for k in state):
-        raise CheckpointConversionError(
-            f"{path} has a Swin backbone; importing Swin checkpoints of these detectors is not supported yet "
-            "(ResNet checkpoints are)."
-        )
+    """The ResNet or Swin, read from the weights' shapes (authoritative over ``args.backbone``)."""
+    if _is_swin(state):
+        return _swin_config(state, args, stages)
     body = "backbone.0.body."
     if f"{body}conv1.weight" not in state:
         raise CheckpointConversionError(f"{path}: no ResNet backbone found (no '{body}conv1.weight').")
@@ -79,6 +78,29 @@ def _backbone_config(
         blocks,
         stages,
         bool(args("dilation")),
+    )
+
+
+def _is_swin(state: Mapping[str, Tensor]) -> bool:
+    return "backbone.0.body.patch_embed.proj.weight" in state
+
+
+def _swin_config(state: Mapping[str, Tensor], args: _Args, stages: list[int]) -> dict[str, Any]:
+    """Swin architecture from the weights: widths, blocks per stage, heads and window from the
+    relative-position tables (``(2 * window - 1) ** 2`` rows, one column per head)."""
+    body = "backbone.0.body."
+    depths = [_count(state, rf"backbone\.0\.body\.layers\.{i}\.blocks\.(\d+)\.") for i in range(4)]
+    tables = [state[f"{body}layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(4)]
+    window = (math.isqrt(int(tables[0].shape[0])) + 1) // 2
+    return swin_backbone_config(
+        embed_dim=int(state[f"{body}patch_embed.proj.weight"].shape[0]),
+        depths=depths,
+        num_heads=[int(t.shape[1]) for t in tables],
+        window_size=window,
+        # the layout where no stage is smaller than the window (Swin-L: 384 px, window 12)
+        pretrain_img_size=32 * window,
+        return_stages=stages,
+        drop_path_rate=float(args("drop_path_rate")),
     )
 
 
@@ -113,6 +135,8 @@ def _deformable(state: Mapping[str, Tensor], raw_args: Any, path: Path) -> tuple
         "bbox_loss_coef": 5.0,
         "giou_loss_coef": 2.0,
         "focal_alpha": 0.25,
+        # Swin backbones only: DETA's Swin-L recipe
+        "drop_path_rate": 0.3,
         "assign_first_stage": deta,
         "assign_second_stage": deta,
     }
@@ -164,10 +188,15 @@ def _deformable(state: Mapping[str, Tensor], raw_args: Any, path: Path) -> tuple
     )
     family = "deta" if deta else "deformable_detr"
     converted = ConvertedModel(family, module, f"{path} (original {family} checkpoint)", args.notes)
-    return converted, original_deformable_rules(min(num_levels, len(stages)), refine)
+    swin_stages = stages if _is_swin(state) else None
+    return converted, original_deformable_rules(min(num_levels, len(stages)), refine, swin_stages)
 
 
 def _detr(state: Mapping[str, Tensor], raw_args: Any, path: Path) -> tuple[ConvertedModel, list[Rule]]:
+    if _is_swin(state):
+        raise CheckpointConversionError(
+            f"{path}: DETR checkpoints with a Swin backbone are not supported (ResNet ones are)."
+        )
     defaults = {
         "nheads": 8,
         "dropout": 0.1,

@@ -34,6 +34,10 @@ class SwinBackbone(nn.Module):
         return_stages: stages (1..4; stage 1 has stride 4) whose feature maps are returned.
         drop_path_rate: stochastic depth rate (0.3 for Swin-L in the DETA recipe).
         gradient_checkpointing: recompute block activations in backward to save memory.
+        embed_dim, depths, num_heads, window_size, pretrain_img_size: architecture overrides of the
+            timm model (``None`` keeps the named model's); imported checkpoints of non-standard Swins
+            use them. ``pretrain_img_size`` fixes the stage resolutions that timm derives window
+            sizes from (a stage smaller than the window gets a smaller window, as in Swin).
     """
 
     def __init__(
@@ -43,6 +47,11 @@ class SwinBackbone(nn.Module):
         return_stages: Sequence[int] = (2, 3, 4),
         drop_path_rate: float = 0.3,
         gradient_checkpointing: bool = False,
+        embed_dim: int | None = None,
+        depths: Sequence[int] | None = None,
+        num_heads: Sequence[int] | None = None,
+        window_size: int | None = None,
+        pretrain_img_size: int | None = None,
     ) -> None:
         super().__init__()
         return_stages = sorted({int(s) for s in return_stages})
@@ -53,7 +62,15 @@ class SwinBackbone(nn.Module):
             raise ValueError(
                 f"unknown Swin backbone {name!r}; choose one of {sorted(SWIN_MODELS)} or a timm Swin name"
             )
-        kwargs = {}
+        kwargs: dict = {}
+        architecture = {
+            "embed_dim": embed_dim,
+            "depths": None if depths is None else tuple(int(d) for d in depths),
+            "num_heads": None if num_heads is None else tuple(int(h) for h in num_heads),
+            "window_size": window_size,
+            "img_size": pretrain_img_size,
+        }
+        kwargs.update({key: value for key, value in architecture.items() if value is not None})
         if pretrained is not None:
             file = Path(pretrained).expanduser()
             if not file.is_file():
@@ -62,7 +79,7 @@ class SwinBackbone(nn.Module):
                     f"timm checkpoint of {timm_name!r} on a machine with internet and pass "
                     "model.detector.backbone.pretrained=/path/to/file (or pretrained=null for random init)."
                 )
-            kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(file)}}
+            kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(file)})
         self.body = timm.create_model(
             timm_name,
             features_only=True,
