@@ -58,8 +58,11 @@ def reference_config():
     )
 
 
-def build_models(seed: int = 0):
-    """(our detector, our criterion, reference DetaForObjectDetection), same weights."""
+def build_models(seed: int = 0, encoder_ffn_recompute: int = 0):
+    """(our detector, our criterion, reference DetaForObjectDetection), same weights.
+
+    ``encoder_ffn_recompute``: our detector's setting of that name (training memory vs time).
+    """
     from hydra.utils import instantiate
     from transformers.models.deprecated.deta.modeling_deta import DetaForObjectDetection
 
@@ -69,7 +72,7 @@ def build_models(seed: int = 0):
     reference = DetaForObjectDetection(reference_config())
     with tempfile.TemporaryDirectory() as tmp:
         reference.save_pretrained(tmp)
-        detector, converted = convert_checkpoint(tmp)
+        detector, converted = convert_checkpoint(tmp, encoder_ffn_recompute=encoder_ffn_recompute)
     criterion = instantiate(converted.model_config["criterion"], _convert_="all")
     return detector, criterion, reference
 
@@ -187,7 +190,7 @@ def bench_op(args) -> list[dict]:
 
 
 def bench_model(args, train: bool) -> list[dict]:
-    detector, criterion, reference = build_models()
+    detector, criterion, reference = build_models(encoder_ffn_recompute=args.encoder_ffn_recompute)
     images, mask, targets = make_batch(args.batch, args.height, args.width)
     if train:
         detector.train()
@@ -225,7 +228,7 @@ def _peak_rss_mib() -> float:
 
 def memory_child(args) -> None:
     """One model, one warm-up-free step in a fresh process: peak RSS before and after."""
-    detector, criterion, reference = build_models()
+    detector, criterion, reference = build_models(encoder_ffn_recompute=args.encoder_ffn_recompute)
     images, mask, targets = make_batch(args.batch, args.height, args.width)
     if args.model == "ours":
         del reference
@@ -259,6 +262,7 @@ def bench_memory(args) -> list[dict]:
         added = {}
         for model in ("ours", "reference"):
             cmd = [sys.executable, __file__, "memory-child", "--model", model, "--mode", mode]
+            cmd += ["--encoder-ffn-recompute", str(args.encoder_ffn_recompute)]
             cmd += ["--batch", str(args.batch), "--height", str(args.height), "--width", str(args.width)]
             cmd += ["--threads", str(args.threads)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -292,6 +296,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--model", choices=["ours", "reference"])
     parser.add_argument("--mode", choices=["train", "infer"])
+    parser.add_argument(
+        "--encoder-ffn-recompute",
+        type=int,
+        default=0,
+        help="our detector's encoder_ffn_recompute (encoder layers whose FFN hidden activation is recomputed)",
+    )
     parser.add_argument("--json", type=Path, help="append the result rows to this JSON-lines file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

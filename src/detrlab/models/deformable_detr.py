@@ -37,6 +37,8 @@ class DeformableDETR(nn.Module):
         assign_first_stage: DETA: pick proposals by per-level NMS (``pre_nms_topk``, ``proposal_nms_iou``).
         aux_loss: return the predictions of earlier decoder layers in ``aux_outputs``.
         attention_implementation: "auto" / "pytorch" / "compiled" deformable sampling.
+        encoder_ffn_recompute: encoder layers whose feed-forward hidden activation is recomputed in
+            backward (less training memory, one extra projection per layer; same results).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class DeformableDETR(nn.Module):
         proposal_nms_iou: float = 0.9,
         aux_loss: bool = True,
         attention_implementation: str = "auto",
+        encoder_ffn_recompute: int = 0,
     ) -> None:
         super().__init__()
         if num_classes < 1 or num_queries < 1:
@@ -93,6 +96,7 @@ class DeformableDETR(nn.Module):
             pre_nms_topk=pre_nms_topk,
             proposal_nms_iou=proposal_nms_iou,
             attention_implementation=attention_implementation,
+            encoder_ffn_recompute=encoder_ffn_recompute,
         )
         class_head = nn.Linear(hidden_dim, num_classes)
         # Focal-loss prior: every class starts at probability 0.01 so the many negatives do not swamp training.

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from detrlab.models.deformable_attention import MultiScaleDeformableAttention
+from detrlab.models.recompute_ffn import linear_relu_linear_recomputed
 
 __all__ = [
     "DeformableDecoder",
@@ -26,7 +27,12 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
 
 
 class FeedForward(nn.Module):
-    """Linear -> ReLU -> dropout -> Linear -> dropout, added to the input, then LayerNorm."""
+    """Linear -> ReLU -> dropout -> Linear -> dropout, added to the input, then LayerNorm.
+
+    ``recompute_hidden`` (set per layer, see ``DeformableTransformer``'s ``encoder_ffn_recompute``)
+    trades one extra ``linear1`` forward in backward for not keeping the ``[.., dim_feedforward]``
+    hidden activation; results are unchanged.
+    """
 
     def __init__(self, d_model: int, dim_feedforward: int, dropout: float) -> None:
         super().__init__()
@@ -35,9 +41,14 @@ class FeedForward(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
+        self.recompute_hidden = False
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x + self.dropout2(self.linear2(self.dropout1(self.linear1(x).relu()))))
+        if self.recompute_hidden and self.training and torch.is_grad_enabled():
+            projected = linear_relu_linear_recomputed(x, self.linear1, self.linear2, self.dropout1.p)
+        else:
+            projected = self.linear2(self.dropout1(self.linear1(x).relu()))
+        return self.norm(x + self.dropout2(projected))
 
 
 class DeformableEncoderLayer(nn.Module):
