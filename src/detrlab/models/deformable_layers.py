@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from detrlab.models.deformable_attention import MultiScaleDeformableAttention
-from detrlab.models.recompute_ffn import linear_relu_linear_recomputed
+from detrlab.models.fused_ffn import linear_relu_linear
 
 __all__ = [
     "DeformableDecoder",
@@ -44,8 +44,10 @@ class FeedForward(nn.Module):
         self.recompute_hidden = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.recompute_hidden and self.training and torch.is_grad_enabled():
-            projected = linear_relu_linear_recomputed(x, self.linear1, self.linear2, self.dropout1.p)
+        if self.training and torch.is_grad_enabled():
+            projected = linear_relu_linear(
+                x, self.linear1, self.linear2, self.dropout1.p, self.recompute_hidden
+            )
         else:
             projected = self.linear2(self.dropout1(self.linear1(x).relu()))
         return self.norm(x + self.dropout2(projected))
