@@ -49,6 +49,17 @@ _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "stem")
 _STEM_MODULES = ("conv1.", "bn1.")
 
 
+class FusedFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """:class:`torchvision.ops.FrozenBatchNorm2d` applied in one pass (``addcmul``) instead of a
+    multiply and an add over the feature map: the same affine map, same state-dict keys, about half
+    the memory traffic of the backbone's normalization layers."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return torch.addcmul(shift.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))
+
+
 class SmallResNet(nn.Module):
     """A compact ResNet of ``BasicBlock`` stages with trainable BatchNorm.
 
@@ -214,7 +225,7 @@ class ResNetBackbone(nn.Module):
                 [int(w) for w in stage_widths],
                 [int(b) for b in stage_blocks],
                 block_type,
-                norm_layer=FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
+                norm_layer=FusedFrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
                 dilation=dilation,
             )
         elif name in TORCHVISION_RESNETS:
@@ -229,7 +240,7 @@ class ResNetBackbone(nn.Module):
             model = torchvision.models.get_model(
                 name,
                 weights=None,
-                norm_layer=FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
+                norm_layer=FusedFrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
                 replace_stride_with_dilation=[False, False, dilation],
             )
         else:

@@ -49,7 +49,8 @@ class FeedForward(nn.Module):
                 x, self.linear1, self.linear2, self.dropout1.p, self.recompute_hidden
             )
         else:
-            projected = self.linear2(self.dropout1(self.linear1(x).relu()))
+            # in place: the fresh linear output is not needed by autograd (ReLU keeps its result)
+            projected = self.linear2(self.dropout1(self.linear1(x).relu_()))
         return self.norm(x + self.dropout2(projected))
 
 
