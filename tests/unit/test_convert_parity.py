@@ -139,12 +139,7 @@ def _targets(num_classes):
 
 @pytest.mark.parametrize(
     "kind",
-    [
-        "detr",
-        "deformable",
-        pytest.param("deformable_two_stage", marks=pytest.mark.slow),
-        pytest.param("deta", marks=pytest.mark.slow),
-    ],
+    ["detr", "deformable", "deformable_two_stage", "deta"],
 )
 def test_training_loss_matches_reference_with_hungarian_matching(kind, tmp_path):
     model = make_hf_model(kind, seed=SEEDS.get(kind, 0))
