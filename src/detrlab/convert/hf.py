@@ -162,6 +162,22 @@ def _swin_backbone(
     return cfg, hf_swin_rules(prefix, stages), min(num_levels, len(stages))
 
 
+def _transformer_sizes(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Width, heads, layer counts, FFN width and dropout (one value each for encoder and decoder)."""
+    return {
+        "hidden_dim": int(config["d_model"]),
+        "nheads": _shared_width(
+            config, path, "encoder_attention_heads", "decoder_attention_heads", "head count"
+        ),
+        "num_encoder_layers": int(config["encoder_layers"]),
+        "num_decoder_layers": int(config["decoder_layers"]),
+        "dim_feedforward": _shared_width(
+            config, path, "encoder_ffn_dim", "decoder_ffn_dim", "feed-forward width"
+        ),
+        "dropout": float(config.get("dropout", 0.1)),
+    }
+
+
 def _num_labels(config: dict[str, Any]) -> int:
     if config.get("id2label"):
         return len(config["id2label"])
@@ -191,16 +207,7 @@ def _deformable(config: dict[str, Any], path: Path, deta: bool) -> tuple[Convert
         "backbone": backbone,
         "num_classes": _num_labels(config),
         "num_queries": num_queries,
-        "hidden_dim": int(config["d_model"]),
-        "nheads": _shared_width(
-            config, path, "encoder_attention_heads", "decoder_attention_heads", "head count"
-        ),
-        "num_encoder_layers": int(config["encoder_layers"]),
-        "num_decoder_layers": int(config["decoder_layers"]),
-        "dim_feedforward": _shared_width(
-            config, path, "encoder_ffn_dim", "decoder_ffn_dim", "feed-forward width"
-        ),
-        "dropout": float(config.get("dropout", 0.1)),
+        **_transformer_sizes(config, path),
         "num_feature_levels": int(config["num_feature_levels"]),
         "enc_n_points": int(config["encoder_n_points"]),
         "dec_n_points": int(config["decoder_n_points"]),
@@ -244,16 +251,7 @@ def _detr(config: dict[str, Any], path: Path) -> tuple[ConvertedModel, list[Rule
         "backbone": backbone,
         "num_classes": _num_labels(config),
         "num_queries": int(config["num_queries"]),
-        "hidden_dim": int(config["d_model"]),
-        "nheads": _shared_width(
-            config, path, "encoder_attention_heads", "decoder_attention_heads", "head count"
-        ),
-        "num_encoder_layers": int(config["encoder_layers"]),
-        "num_decoder_layers": int(config["decoder_layers"]),
-        "dim_feedforward": _shared_width(
-            config, path, "encoder_ffn_dim", "decoder_ffn_dim", "feed-forward width"
-        ),
-        "dropout": float(config.get("dropout", 0.1)),
+        **_transformer_sizes(config, path),
         "position_encoding": position,
         "aux_loss": bool(config.get("auxiliary_loss", False)),
         "normalize_before": False,

@@ -81,6 +81,24 @@ def _backbone_config(
     )
 
 
+def _transformer_sizes(state: Mapping[str, Tensor], args: _Args, ffn_from: str) -> dict[str, Any]:
+    """Heads, layer counts, FFN width and dropout; counts and width read from the weights when
+    ``args`` lacks them (the FFN width from the first ``ffn_from`` = encoder / decoder layer)."""
+    return {
+        "nheads": int(args("nheads")),
+        "num_encoder_layers": int(
+            args("enc_layers", _count(state, r"transformer\.encoder\.layers\.(\d+)\."))
+        ),
+        "num_decoder_layers": int(
+            args("dec_layers", _count(state, r"transformer\.decoder\.layers\.(\d+)\."))
+        ),
+        "dim_feedforward": int(
+            args("dim_feedforward", state[f"transformer.{ffn_from}.layers.0.linear1.weight"].shape[0])
+        ),
+        "dropout": float(args("dropout")),
+    }
+
+
 def _is_swin(state: Mapping[str, Tensor]) -> bool:
     return "backbone.0.body.patch_embed.proj.weight" in state
 
@@ -154,17 +172,7 @@ def _deformable(state: Mapping[str, Tensor], raw_args: Any, path: Path) -> tuple
         "num_classes": int(state["class_embed.0.weight"].shape[0]),
         "num_queries": int(num_queries),
         "hidden_dim": int(hidden_dim),
-        "nheads": int(args("nheads")),
-        "num_encoder_layers": int(
-            args("enc_layers", _count(state, r"transformer\.encoder\.layers\.(\d+)\."))
-        ),
-        "num_decoder_layers": int(
-            args("dec_layers", _count(state, r"transformer\.decoder\.layers\.(\d+)\."))
-        ),
-        "dim_feedforward": int(
-            args("dim_feedforward", state["transformer.encoder.layers.0.linear1.weight"].shape[0])
-        ),
-        "dropout": float(args("dropout")),
+        **_transformer_sizes(state, args, "encoder"),
         "num_feature_levels": int(num_levels),
         "enc_n_points": int(args("enc_n_points")),
         "dec_n_points": int(args("dec_n_points")),
@@ -220,17 +228,7 @@ def _detr(state: Mapping[str, Tensor], raw_args: Any, path: Path) -> tuple[Conve
         "num_classes": int(state["class_embed.weight"].shape[0]) - 1,
         "num_queries": int(args("num_queries", state["query_embed.weight"].shape[0])),
         "hidden_dim": int(args("hidden_dim", state["query_embed.weight"].shape[1])),
-        "nheads": int(args("nheads")),
-        "num_encoder_layers": int(
-            args("enc_layers", _count(state, r"transformer\.encoder\.layers\.(\d+)\."))
-        ),
-        "num_decoder_layers": int(
-            args("dec_layers", _count(state, r"transformer\.decoder\.layers\.(\d+)\."))
-        ),
-        "dim_feedforward": int(
-            args("dim_feedforward", state["transformer.decoder.layers.0.linear1.weight"].shape[0])
-        ),
-        "dropout": float(args("dropout")),
+        **_transformer_sizes(state, args, "decoder"),
         "position_encoding": position,
         "aux_loss": bool(args("aux_loss")),
         "normalize_before": bool(args("pre_norm")),
