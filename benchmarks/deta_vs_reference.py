@@ -12,6 +12,7 @@ Usage::
     python benchmarks/deta_vs_reference.py infer         # inference forward
     python benchmarks/deta_vs_reference.py train         # forward + loss + backward + AdamW step
     python benchmarks/deta_vs_reference.py memory        # peak RSS added by one step (subprocesses)
+    python benchmarks/deta_vs_reference.py criterion     # our losses + assigners alone (share of a step)
 
 Options: ``--repeats N`` (timed rounds per model), ``--threads N``, ``--height/--width``,
 ``--batch``. Prints min and median seconds per model and the ratio ours / reference.
@@ -284,11 +285,41 @@ def bench_memory(args) -> list[dict]:
     return rows
 
 
+def _detached_leaves(outputs):
+    """The detector outputs as fresh leaves that require grad (floating tensors), same nesting."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.detach().requires_grad_(outputs.is_floating_point())
+    if isinstance(outputs, dict):
+        return {key: _detached_leaves(value) for key, value in outputs.items()}
+    if isinstance(outputs, list):
+        return [_detached_leaves(value) for value in outputs]
+    return outputs
+
+
+def bench_criterion(args) -> list[dict]:
+    """Our criterion alone (matching, both IoU assigners, every term) forward + backward, on the
+    outputs of one training forward: the share of a training step spent in losses and assignment."""
+    detector, criterion, reference = build_models(encoder_ffn_recompute=args.encoder_ffn_recompute)
+    del reference
+    images, mask, targets = make_batch(args.batch, args.height, args.width)
+    detector.train()
+    with torch.no_grad():
+        outputs = detector(images, mask)
+
+    def step():
+        criterion(_detached_leaves(outputs), targets)["loss"].backward()
+
+    times = _alternate({"ours": step}, args.repeats)["ours"]
+    title = f"criterion forward + backward {args.height}x{args.width} batch {args.batch}"
+    print(f"{title}: ours {min(times):.3f}/{statistics.median(times):.3f} s (min/median)", flush=True)
+    return [{"what": title, "ours_min_s": min(times), "ours_median_s": statistics.median(times)}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["op", "infer", "train", "memory", "memory-child"])
+    parser.add_argument("what", choices=["op", "infer", "train", "memory", "memory-child", "criterion"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2)
@@ -308,7 +339,7 @@ def main() -> None:
     if args.what == "memory-child":
         memory_child(args)
         return
-    rows = {"op": bench_op, "memory": bench_memory}.get(args.what)
+    rows = {"op": bench_op, "memory": bench_memory, "criterion": bench_criterion}.get(args.what)
     rows = rows(args) if rows else bench_model(args, train=args.what == "train")
     if args.json:
         with args.json.open("a") as f:
