@@ -88,7 +88,7 @@ class DetectionModule(L.LightningModule):
         else:
             self._dataset_to_model_label = dataset_to_model_labels(
                 dataset.label_to_category_id, self.label_to_category_id
-            )
+            ).to(self.device)
             self.evaluator = CocoEvaluator(
                 dataset.coco, label_to_category_id=self.label_to_category_id, drop_unknown_categories=True
             )
@@ -97,7 +97,7 @@ class DetectionModule(L.LightningModule):
         outputs = self.detector(batch.images, batch.mask)
         targets = batch.targets
         if self._dataset_to_model_label is not None:
-            lookup = self._dataset_to_model_label.to(self.device)
+            lookup = self._dataset_to_model_label
             targets = [{**t, "labels": lookup[t["labels"]]} for t in targets]
         losses = self.criterion(outputs, targets)
         self._log_losses("val", losses, batch_size=len(batch), on_step=False)

@@ -2,8 +2,9 @@
 
 Wrong inputs otherwise fail deep inside a backbone or the deformable attention with a message about
 some intermediate tensor; these checks name the argument and the fix instead. They look only at
-shapes, dtypes and devices (no data-dependent work, so no device synchronisation), except the
-all-padding check, which reads one reduced value per batch.
+shapes, dtypes and devices, except the all-padding check, which reads the mask's values and so
+runs only for CPU tensors: on an accelerator it would synchronise the device on every forward
+(masks built by ``detrlab.data.collate`` always have a valid pixel per image).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def check_detector_inputs(images: Tensor, mask: Tensor) -> None:
     Args:
         images: float [B, 3, H, W] with B, H, W >= 1 (normalized, zero-padded; any image size works,
             also smaller than the backbone's coarsest stride).
-        mask: bool [B, H, W] on the same device, True on padding; every image has at least one valid pixel.
+        mask: bool [B, H, W] on the same device, True on padding; every image has at least one valid
+            pixel (checked for CPU tensors).
     """
     if not isinstance(images, Tensor) or not isinstance(mask, Tensor):
         raise TypeError(
@@ -55,6 +57,8 @@ def check_detector_inputs(images: Tensor, mask: Tensor) -> None:
         raise ValueError(
             f"images are on {images.device} but mask is on {mask.device}; move both to one device"
         )
+    if mask.device.type != "cpu":
+        return
     fully_padded = mask.flatten(1).all(dim=1)
     if bool(fully_padded.any()):
         raise ValueError(
