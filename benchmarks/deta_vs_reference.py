@@ -13,6 +13,7 @@ Usage::
     python benchmarks/deta_vs_reference.py train         # forward + loss + backward + AdamW step
     python benchmarks/deta_vs_reference.py memory        # peak RSS added by one step (subprocesses)
     python benchmarks/deta_vs_reference.py criterion     # our losses + assigners alone (share of a step)
+    python benchmarks/deta_vs_reference.py profile       # where our training step's time goes
 
 Options: ``--repeats N`` (timed rounds per model), ``--threads N``, ``--height/--width``,
 ``--batch``. Prints min and median seconds per model and the ratio ours / reference.
@@ -315,11 +316,64 @@ def bench_criterion(args) -> list[dict]:
     return [{"what": title, "ours_min_s": min(times), "ours_median_s": statistics.median(times)}]
 
 
+_DENSE_OPS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::mkldnn_convolution",
+    "aten::convolution_backward",
+    "aten::_slow_conv2d_forward",
+    "aten::_slow_conv2d_backward",
+}
+
+
+def bench_profile(args) -> list[dict]:
+    """Where our training step's time goes: ``torch.profiler`` self CPU time over one step (after a
+    warm-up step), grouped into dense layers, the deformable kernel, copies, ReLU and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    detector, criterion, reference = build_models(encoder_ffn_recompute=args.encoder_ffn_recompute)
+    del reference
+    images, mask, targets = make_batch(args.batch, args.height, args.width)
+    detector.train()
+    optimizer = _optimizer(detector)
+    _ours_step((detector, criterion), optimizer, images, mask, targets)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _ours_step((detector, criterion), optimizer, images, mask, targets)
+    groups: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key
+        if name in _DENSE_OPS:
+            group = "dense (matmul, convolution; forward + backward)"
+        elif name.startswith("detrlab::"):
+            group = "deformable attention kernel"
+        elif name == "aten::copy_":
+            group = "copies"
+        elif name in (
+            "aten::clamp_min",
+            "aten::clamp_min_",
+            "aten::relu",
+            "aten::relu_",
+            "aten::threshold_backward",
+        ):
+            group = "ReLU forward + backward"
+        else:
+            group = "everything else"
+        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6
+    total = sum(groups.values())
+    print(f"profiled training step: {total:.2f} s self CPU (profiler overhead included)")
+    for group, seconds in sorted(groups.items(), key=lambda item: -item[1]):
+        print(f"  {seconds:6.2f} s  {100 * seconds / total:4.1f}%  {group}")
+    return [{"what": "profile", **groups}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["op", "infer", "train", "memory", "memory-child", "criterion"])
+    parser.add_argument(
+        "what", choices=["op", "infer", "train", "memory", "memory-child", "criterion", "profile"]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2)
@@ -339,7 +393,12 @@ def main() -> None:
     if args.what == "memory-child":
         memory_child(args)
         return
-    rows = {"op": bench_op, "memory": bench_memory, "criterion": bench_criterion}.get(args.what)
+    rows = {
+        "op": bench_op,
+        "memory": bench_memory,
+        "criterion": bench_criterion,
+        "profile": bench_profile,
+    }.get(args.what)
     rows = rows(args) if rows else bench_model(args, train=args.what == "train")
     if args.json:
         with args.json.open("a") as f:
