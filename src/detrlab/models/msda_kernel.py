@@ -13,8 +13,8 @@ backward calls the second) and fake (meta) implementations of both, so the op wo
 Environment:
 
 * ``DETRLAB_OPS=0`` disables the kernel (the PyTorch path is used, no build is attempted).
-* ``DETRLAB_OPS_SOURCES`` points at the ``csrc`` folder when the package is not installed from a
-  source checkout (the default is ``ops/csrc`` of the checkout).
+* ``DETRLAB_OPS_SOURCES`` overrides the folder of C++ sources (the default is ``csrc/`` of the
+  installed ``detrlab_ops`` package, i.e. ``ops/csrc`` in a source checkout and inside the wheel).
 
 When the build fails (no compiler, no ``ninja``, sources absent) :func:`load` returns ``False`` and
 logs a one-line notice; callers then use the PyTorch path.
@@ -47,12 +47,13 @@ _state: dict[str, object] = {}
 
 
 def sources_dir() -> Path:
-    """The folder holding the C++ sources: ``$DETRLAB_OPS_SOURCES`` or ``ops/csrc`` of the checkout."""
+    """The folder holding the C++ sources: ``$DETRLAB_OPS_SOURCES``, else ``csrc/`` of ``detrlab_ops``."""
     env = os.environ.get("DETRLAB_OPS_SOURCES")
     if env:
         return Path(env)
-    # src/detrlab/models/msda_kernel.py -> <checkout>/ops/csrc
-    return Path(__file__).resolve().parents[3] / "ops" / "csrc"
+    import detrlab_ops
+
+    return detrlab_ops.csrc_dir()
 
 
 def _has_kernel(dispatch_key: str) -> bool:
