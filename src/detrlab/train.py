@@ -51,8 +51,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build_datamodule(cfg.data)
     model = build_model(cfg.model)
-    if cfg.model.get("init_from"):
-        report = load_initial_weights(model.detector, cfg.model.init_from)
+    if cfg.get("init_from"):
+        report = load_initial_weights(model.detector, cfg.init_from)
         log.info("%s", report.summary())
     log.info("Model: %s", count_parameters(model.detector))
     callbacks = build_callbacks(cfg.get("callbacks"), run_config=cfg)
