@@ -81,7 +81,9 @@ def _detector_checks(cfg: DictConfig) -> list[str]:
 
 
 def _queries_key(cfg: DictConfig) -> str:
-    return "model.num_queries" if _node(cfg, "model.num_queries") is not None else "model.detector.num_queries"
+    return (
+        "model.num_queries" if _node(cfg, "model.num_queries") is not None else "model.detector.num_queries"
+    )
 
 
 def _iou_assignment_without_two_stage(cfg: DictConfig, detector: DictConfig) -> list[str]:
@@ -98,7 +100,9 @@ def _iou_assignment_without_two_stage(cfg: DictConfig, detector: DictConfig) -> 
             "DETA's IoU assignment and NMS proposal selection)"
         )
     if assigned("stage2_assigner"):
-        wanted.append("assign_second_stage (model.criterion.assignment.stage2_assigner: DETA's IoU assignment)")
+        wanted.append(
+            "assign_second_stage (model.criterion.assignment.stage2_assigner: DETA's IoU assignment)"
+        )
     return [
         f"{what} needs a two-stage detector: its boxes are the encoder proposals. Use model=deta_r50, or "
         "add model.detector.two_stage=true model.detector.with_box_refine=true, or model/assigner=hungarian"
@@ -112,14 +116,19 @@ def _shared_value_checks(cfg: DictConfig, detector: DictConfig) -> list[str]:
     if not isinstance(classification, DictConfig):
         return []
     problems = []
-    if "num_classes" in classification and "num_classes" in detector:
-        if classification.num_classes != detector.num_classes:
-            problems.append(
-                f"model.criterion.classification.num_classes={classification.num_classes} differs from "
-                f"model.detector.num_classes={detector.num_classes}: set model.num_classes once (the "
-                "model configs reference it from both parts)"
-            )
-    expected = "SigmoidFocalLoss" if _target_name(detector) in _DEFORMABLE_DETECTORS else "SoftmaxCrossEntropy"
+    if (
+        "num_classes" in classification
+        and "num_classes" in detector
+        and classification.num_classes != detector.num_classes
+    ):
+        problems.append(
+            f"model.criterion.classification.num_classes={classification.num_classes} differs from "
+            f"model.detector.num_classes={detector.num_classes}: set model.num_classes once (the "
+            "model configs reference it from both parts)"
+        )
+    expected = (
+        "SigmoidFocalLoss" if _target_name(detector) in _DEFORMABLE_DETECTORS else "SoftmaxCrossEntropy"
+    )
     actual = _target_name(classification)
     if actual in _CLASSIFICATION_LOSSES and actual != expected:
         problems.append(

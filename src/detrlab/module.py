@@ -88,7 +88,9 @@ class DetectionModule(L.LightningModule):
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         return self.detector(images, mask)
 
-    def predict(self, images: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    def predict(
+        self, images: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor
+    ) -> list[dict[str, torch.Tensor]]:
         """Detections of a batch: ``B`` dicts of ``scores`` ``[K]``, ``labels`` ``[K]`` and ``boxes``
         ``[K, 4]`` (absolute xyxy in images of ``sizes`` ``[B, 2]`` (h, w))."""
         return self.postprocess(self.detector(images, mask), sizes)

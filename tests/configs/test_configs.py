@@ -54,7 +54,9 @@ def test_every_experiment_config_builds_its_model(experiment, tmp_path):
 def test_every_trainer_config_builds(trainer, tmp_path):
     cfg = compose_config("train", [f"trainer={trainer}", "trainer.accelerator=cpu"], tmp_path)
     built = build_trainer(
-        cfg.trainer, callbacks=build_callbacks(cfg.callbacks, run_config=cfg), loggers=build_loggers(cfg.logger)
+        cfg.trainer,
+        callbacks=build_callbacks(cfg.callbacks, run_config=cfg),
+        loggers=build_loggers(cfg.logger),
     )
     assert isinstance(built, L.Trainer)
     assert built.max_epochs == cfg.trainer.max_epochs

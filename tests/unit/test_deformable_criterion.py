@@ -1,6 +1,7 @@
 """SetCriterion with sigmoid focal loss and DETA assignment: hand-checked focal loss, weighting, DETA assignment, empty targets, configs."""
 
 import math
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -254,8 +255,12 @@ def test_deta_assigner_config_builds_the_deta_criterion(tmp_path):
     assert criterion.assignment.stage1_assigner.thresholds == (0.3, 0.7)
     assert criterion.assignment.stage1_assigner.samples_per_image == 256
     assert criterion.assignment.stage2_assigner.thresholds == (0.6,)
-    assert criterion.assignment.matcher.class_cost == "focal" and criterion.assignment.matcher.cost_class == 2.0
+    assert (
+        criterion.assignment.matcher.class_cost == "focal" and criterion.assignment.matcher.cost_class == 2.0
+    )
     # the Hungarian group assigns nothing by IoU
-    cfg = compose_config("train", ["model=deta_small", "model/assigner=hungarian", "data.num_classes=3"], tmp_path)
+    cfg = compose_config(
+        "train", ["model=deta_small", "model/assigner=hungarian", "data.num_classes=3"], tmp_path
+    )
     hungarian = instantiate(cfg.model.criterion)
     assert type(hungarian.assignment) is HungarianAssignment

@@ -173,7 +173,9 @@ def test_deta_assignment_losses_match_deta_loss_when_caps_do_not_bind():
     ours = SetCriterion(
         SigmoidFocalLoss(NUM_CLASSES),
         DetaAssignment(
-            HungarianMatcher(class_cost="focal", cost_class=2.0), Stage1Assigner(), Stage2Assigner(num_queries=1000)
+            HungarianMatcher(class_cost="focal", cost_class=2.0),
+            Stage1Assigner(),
+            Stage2Assigner(num_queries=1000),
         ),
     )(outputs, targets)
     theirs = _reference_loss(

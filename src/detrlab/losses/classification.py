@@ -65,10 +65,14 @@ class SoftmaxCrossEntropy(nn.Module):
             batch_idx, query_idx, labels: ``[P]`` int64 each: the assigned queries and their classes.
             num_boxes: 0-dim box normaliser (unused: the weighted mean normalises this term).
         """
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
         target_classes[batch_idx, query_idx] = labels
         # cross_entropy wants the class dim second: [B, C+1, Q]
-        return F.cross_entropy(logits.transpose(1, 2), target_classes, weight=self.empty_weight.to(logits.dtype))
+        return F.cross_entropy(
+            logits.transpose(1, 2), target_classes, weight=self.empty_weight.to(logits.dtype)
+        )
 
     def count_predicted_objects(self, logits: Tensor) -> Tensor:
         """``[B]`` queries per image whose best class is not "no object" (the last column)."""

@@ -114,7 +114,9 @@ class SetCriterion(nn.Module):
             # Class-agnostic proposals: every target is "object" (label 0).
             agnostic = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
             enc_outputs = outputs["enc_outputs"]
-            supervised.append(("_enc", enc_outputs, agnostic, self.assignment.encoder_indices(enc_outputs, agnostic)))
+            supervised.append(
+                ("_enc", enc_outputs, agnostic, self.assignment.encoder_indices(enc_outputs, agnostic))
+            )
 
         losses: dict[str, Tensor] = {}
         total = torch.zeros((), device=device)
