@@ -26,10 +26,10 @@ from detrlab.utils.resume import find_last_checkpoint
 log = logging.getLogger(__name__)
 
 
-def _instantiate(node: DictConfig, key: str, expected: type):
+def _instantiate(node: DictConfig, key: str, expected: type, **kwargs):
     if node is None or "_target_" not in node:
         raise ConfigError(f"`{key}` must be a config node with a `_target_` (got {node!r}).")
-    obj = hydra.utils.instantiate(node, _convert_="all")
+    obj = hydra.utils.instantiate(node, _convert_="all", **kwargs)
     if not isinstance(obj, expected):
         raise ConfigError(
             f"`{key}._target_` built a {type(obj).__name__}; it must build a {expected.__name__}."
@@ -109,12 +109,20 @@ def build_callbacks(cfg_callbacks: DictConfig | None, run_config: DictConfig | N
     return callbacks
 
 
-def build_loggers(cfg_logger: DictConfig | None) -> list[Logger]:
-    """Instantiate every ``_target_`` entry of ``cfg.logger`` (``logger=null`` disables logging)."""
+def build_loggers(
+    cfg_logger: DictConfig | None, extra_arguments: dict[str, dict] | None = None
+) -> list[Logger]:
+    """Instantiate every ``_target_`` entry of ``cfg.logger`` (``logger=null`` disables logging).
+
+    ``extra_arguments[name]`` are keyword arguments added to entry ``name`` (e.g. the run id of a
+    resumed W&B run), so the config itself is never edited.
+    """
     loggers: list[Logger] = []
     for name, node in (cfg_logger or {}).items():
         if node is not None and "_target_" in node:
-            loggers.append(_instantiate(node, f"logger.{name}", Logger))
+            loggers.append(
+                _instantiate(node, f"logger.{name}", Logger, **(extra_arguments or {}).get(name, {}))
+            )
     return loggers
 
 

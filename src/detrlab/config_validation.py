@@ -52,8 +52,10 @@ def _detector_checks(cfg: DictConfig) -> list[str]:
         return []
     problems = []
     deformable = _target_name(detector) in _DEFORMABLE_DETECTORS
-    two_stage = bool(detector.get("two_stage", False))
-    if deformable and two_stage and not detector.get("with_box_refine", False):
+    # DETA is two-stage with box refinement by definition (not a config key)
+    is_deta = _target_name(detector) == "DETA"
+    two_stage = is_deta or bool(detector.get("two_stage", False))
+    if deformable and two_stage and not (is_deta or detector.get("with_box_refine", False)):
         problems.append(
             "model.detector.two_stage=true needs model.detector.with_box_refine=true (the encoder "
             "proposal head is the extra box head of refinement): set both, or two_stage=false"

@@ -156,38 +156,24 @@ class DeformableDETR(nn.Module):
 
 
 class DETA(DeformableDETR):
-    """DETA (Ouyang-Zhang et al. 2022): two-stage Deformable DETR with box refinement, 5 levels, 900
-    queries, FFN 2048, no dropout, proposal features added to the queries and NMS proposal selection.
+    """DETA (Ouyang-Zhang et al. 2022): two-stage Deformable DETR with box refinement whose queries
+    also carry the selected proposals' encoder features.
 
-    Identical to :class:`DeformableDETR` with these defaults (each can still be overridden); trained
-    with IoU-based assignment (see the deformable criterion's ``assign_first_stage`` /
-    ``assign_second_stage``). Without ``assign_first_stage`` it is the "improved Deformable DETR" baseline.
+    Those three are what makes the architecture DETA, so they are not arguments. Its training
+    assigns predictions by IoU and selects the proposals by per-level NMS (``assign_first_stage``,
+    switched on by ``model/assigner=deta``); without NMS selection it is the "improved Deformable
+    DETR" baseline. The paper's sizes (900 queries, 5 levels, FFN 2048, no dropout) are the
+    ``conf/model/deta_r50.yaml`` recipe; every other argument is :class:`DeformableDETR`'s.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        num_queries: int = 900,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.0,
-        num_feature_levels: int = 5,
-        with_box_refine: bool = True,
-        two_stage: bool = True,
-        add_proposal_features: bool = True,
-        assign_first_stage: bool = True,
-        **kwargs,
-    ) -> None:
-        super().__init__(
-            backbone,
-            num_classes,
-            num_queries=num_queries,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
-            num_feature_levels=num_feature_levels,
-            with_box_refine=with_box_refine,
-            two_stage=two_stage,
-            add_proposal_features=add_proposal_features,
-            assign_first_stage=assign_first_stage,
-            **kwargs,
-        )
+    #: The architecture choices that define DETA.
+    DEFINING_OPTIONS = {"with_box_refine": True, "two_stage": True, "add_proposal_features": True}
+
+    def __init__(self, backbone: nn.Module, num_classes: int, **options: Any) -> None:
+        fixed = sorted(set(options) & set(self.DEFINING_OPTIONS))
+        if fixed:
+            raise ValueError(
+                f"DETA got {', '.join(fixed)}: DETA is always two-stage with box refinement and proposal "
+                "features; for other variants use DeformableDETR (model=deformable_detr_r50)"
+            )
+        super().__init__(backbone, num_classes, **self.DEFINING_OPTIONS, **options)
