@@ -167,28 +167,21 @@ def detr_module_config(
     optim: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``DetectionModule`` config of a DETR (softmax classes, "no object" column)."""
-    num_classes = detector["num_classes"]
-    return {
-        "_target_": "detrlab.module.DetectionModule",
-        "num_classes": num_classes,
-        "num_queries": detector["num_queries"],
-        "detector": detector,
-        "criterion": {
-            "_target_": "detrlab.losses.criterion.SetCriterion",
-            "loss_weights": _loss_weights(loss_weights),
-            "classification": {
-                "_target_": "detrlab.losses.classification.SoftmaxCrossEntropy",
-                "num_classes": num_classes,
-                "eos_coef": float(eos_coef),
-            },
-            "assignment": {
-                "_target_": "detrlab.losses.assignment.HungarianAssignment",
-                "matcher": _matcher("softmax", *costs, focal_alpha=0.25),
-            },
+    return _module_config(
+        detector,
+        loss_weights,
+        classification={
+            "_target_": "detrlab.losses.classification.SoftmaxCrossEntropy",
+            "num_classes": detector["num_classes"],
+            "eos_coef": float(eos_coef),
         },
-        "postprocess": {"_target_": "detrlab.evaluation.postprocess.DetrPostProcess"},
-        "optim": optim or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "lr_drop_epochs": [200]},
-    }
+        assignment={
+            "_target_": "detrlab.losses.assignment.HungarianAssignment",
+            "matcher": _matcher("softmax", *costs, focal_alpha=0.25),
+        },
+        postprocess={"_target_": "detrlab.evaluation.postprocess.DetrPostProcess"},
+        optim=optim or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "lr_drop_epochs": [200]},
+    )
 
 
 def deformable_module_config(
@@ -210,7 +203,6 @@ def deformable_module_config(
     runs class-wise NMS (0.7 after a top-10000 preselection), as DETA does at inference.
     """
     detector = _deformable_detector(detector)
-    num_classes = detector["num_classes"]
     postprocess: dict[str, Any] = {
         "_target_": "detrlab.evaluation.sigmoid_postprocess.SigmoidTopKPostProcess",
         "num_detections": 100,
@@ -236,24 +228,18 @@ def deformable_module_config(
         }
     else:
         assignment = {"_target_": "detrlab.losses.assignment.HungarianAssignment", "matcher": matcher}
-    return {
-        "_target_": "detrlab.module.DetectionModule",
-        "num_classes": num_classes,
-        "num_queries": detector["num_queries"],
-        "detector": detector,
-        "criterion": {
-            "_target_": "detrlab.losses.criterion.SetCriterion",
-            "loss_weights": _loss_weights(loss_weights),
-            "classification": {
-                "_target_": "detrlab.losses.classification.SigmoidFocalLoss",
-                "num_classes": num_classes,
-                "alpha": float(focal_alpha),
-                "gamma": 2.0,
-            },
-            "assignment": assignment,
+    return _module_config(
+        detector,
+        loss_weights,
+        classification={
+            "_target_": "detrlab.losses.classification.SigmoidFocalLoss",
+            "num_classes": detector["num_classes"],
+            "alpha": float(focal_alpha),
+            "gamma": 2.0,
         },
-        "postprocess": postprocess,
-        "optim": optim
+        assignment=assignment,
+        postprocess=postprocess,
+        optim=optim
         or {
             "lr": 2e-4,
             "lr_backbone": 2e-5,
@@ -261,11 +247,32 @@ def deformable_module_config(
             "weight_decay": 1e-4,
             "lr_drop_epochs": [40],
         },
+    )
+
+
+def _module_config(
+    detector: dict[str, Any],
+    loss_weights: tuple[float, float, float],
+    classification: dict[str, Any],
+    assignment: dict[str, Any],
+    postprocess: dict[str, Any],
+    optim: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``DetectionModule`` node around a detector and the parts of its criterion."""
+    return {
+        "_target_": "detrlab.module.DetectionModule",
+        "num_classes": detector["num_classes"],
+        "num_queries": detector["num_queries"],
+        "detector": detector,
+        "criterion": {
+            "_target_": "detrlab.losses.criterion.SetCriterion",
+            "loss_weights": dict(zip(("ce", "bbox", "giou"), map(float, loss_weights))),
+            "classification": classification,
+            "assignment": assignment,
+        },
+        "postprocess": postprocess,
+        "optim": optim,
     }
-
-
-def _loss_weights(weights: tuple[float, float, float]) -> dict[str, float]:
-    return dict(zip(("ce", "bbox", "giou"), map(float, weights)))
 
 
 def _deformable_detector(detector: dict[str, Any]) -> dict[str, Any]:
