@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from detrlab.callbacks import AtomicCheckpointIO
 from detrlab.data.coco import read_category_ids
 from detrlab.data.datamodule import COCO2017_LAYOUT
-from detrlab.errors import CheckpointError, ConfigError, DatasetNotFoundError
+from detrlab.errors import CheckpointError, ConfigError, DatasetNotFoundError, DetrlabError
 from detrlab.module import DetectionModule
 from detrlab.utils.resume import find_last_checkpoint
 
@@ -29,7 +30,13 @@ log = logging.getLogger(__name__)
 def _instantiate(node: DictConfig, key: str, expected: type, **kwargs):
     if node is None or "_target_" not in node:
         raise ConfigError(f"`{key}` must be a config node with a `_target_` (got {node!r}).")
-    obj = hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    try:
+        obj = hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        # A user mistake that a constructor found is reported as itself, not inside Hydra's wrapper.
+        if isinstance(error.__cause__, DetrlabError):
+            raise error.__cause__ from None
+        raise
     if not isinstance(obj, expected):
         raise ConfigError(
             f"`{key}._target_` built a {type(obj).__name__}; it must build a {expected.__name__}."
