@@ -35,7 +35,7 @@ def test_run_record_callbacks_need_the_run_config(tmp_path):
     with pytest.raises(ConfigError, match=r"callbacks.config_in_checkpoint .*run_config"):
         build_callbacks(cfg.callbacks)
     # a plain entry needs nothing else
-    plain = OmegaConf.create({"stop": {"_target_": "detrlab.callbacks.CheckpointOnStop"}})
+    plain = OmegaConf.create({"stop": {"_target_": "detrlab.callbacks.checkpoint_on_stop.CheckpointOnStop"}})
     assert isinstance(build_callbacks(plain)[0], CheckpointOnStop)
 
 
