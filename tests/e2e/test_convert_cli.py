@@ -145,6 +145,8 @@ def test_train_with_init_from_a_converted_checkpoint(converted_detr, tmp_path, s
     with open_dict(cfg):
         detector = dict(stored["detector"], num_classes=cfg.data.num_classes)
         cfg.model.detector = detector
+        # the model-level value the module checks the detector against
+        cfg.model.num_queries = detector["num_queries"]
     caplog.set_level(logging.INFO, logger="detrlab")
     try:
         metrics = train.run(cfg)
