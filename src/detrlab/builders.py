@@ -6,36 +6,37 @@ the run needs, so a config that points at the wrong class fails with a message n
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from detrlab.callbacks import (
-    AtomicCheckpointIO,
-    ConfigInCheckpoint,
-    PerRankSeed,
-    RNGStateInCheckpoint,
-    RunInfoLogger,
-    TrackingRunInCheckpoint,
-)
+from detrlab.callbacks import AtomicCheckpointIO
 from detrlab.data.coco import read_category_ids
 from detrlab.data.datamodule import COCO2017_LAYOUT
-from detrlab.errors import CheckpointError, ConfigError, DatasetNotFoundError
+from detrlab.errors import CheckpointError, ConfigError, DatasetNotFoundError, DetrlabError
 from detrlab.module import DetectionModule
 from detrlab.utils.resume import find_last_checkpoint
 
 log = logging.getLogger(__name__)
 
 
-def _instantiate(node: DictConfig, key: str, expected: type):
+def _instantiate(node: DictConfig, key: str, expected: type, **kwargs):
     if node is None or "_target_" not in node:
         raise ConfigError(f"`{key}` must be a config node with a `_target_` (got {node!r}).")
-    obj = hydra.utils.instantiate(node, _convert_="all")
+    try:
+        obj = hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        # A user mistake that a constructor found is reported as itself, not inside Hydra's wrapper.
+        if isinstance(error.__cause__, DetrlabError):
+            raise error.__cause__ from None
+        raise
     if not isinstance(obj, expected):
         raise ConfigError(
             f"`{key}._target_` built a {type(obj).__name__}; it must build a {expected.__name__}."
@@ -84,47 +85,51 @@ def build_datamodule(cfg_data: DictConfig) -> L.LightningDataModule:
 
 
 def build_model(cfg_model: DictConfig) -> DetectionModule:
-    """Instantiate ``cfg.model`` (a :class:`DetectionModule` with detector, criterion, postprocess).
-
-    ``model.init_from`` is not a module argument: :func:`detrlab.train.run` applies it after the
-    build (see :mod:`detrlab.initial_weights`), and rebuilding a trained model ignores it.
-    """
-    if cfg_model is not None and "init_from" in cfg_model:
-        cfg_model = cfg_model.copy()
-        with open_dict(cfg_model):
-            del cfg_model["init_from"]
+    """Instantiate ``cfg.model`` (a :class:`DetectionModule` with detector, criterion, postprocess)."""
     return _instantiate(cfg_model, "model", DetectionModule)
 
 
 def build_callbacks(cfg_callbacks: DictConfig | None, run_config: DictConfig | None = None) -> list[Callback]:
     """Instantiate every ``_target_`` entry of ``cfg.callbacks``; entries set to null are skipped.
 
-    With ``run_config``, the run's own bookkeeping is added: :class:`ConfigInCheckpoint` (checkpoints
-    carry the config), :class:`RunInfoLogger` (config, git commit, model size and effective batch to
-    every logger), :class:`PerRankSeed` (``seed + rank`` per process), :class:`RNGStateInCheckpoint`
-    and :class:`TrackingRunInCheckpoint` (exact resume, same W&B run).
+    Every callback of a run is an entry there (``conf/callbacks/default.yaml``); nothing is added
+    here. An entry with ``_partial_: true`` is a callback that records the run itself: it is
+    completed with the composed config as ``run_config=`` (which a config node cannot interpolate).
     """
     callbacks: list[Callback] = []
     for name, node in (cfg_callbacks or {}).items():
-        if node is not None and "_target_" in node:
-            callbacks.append(_instantiate(node, f"callbacks.{name}", Callback))
-    if run_config is not None:
-        callbacks.append(ConfigInCheckpoint(run_config))
-        callbacks += [
-            RunInfoLogger(run_config),
-            PerRankSeed(run_config.get("seed")),
-            RNGStateInCheckpoint(),
-            TrackingRunInCheckpoint(),
-        ]
+        if node is None or "_target_" not in node:
+            continue
+        built = hydra.utils.instantiate(node, _convert_="all")
+        if isinstance(built, functools.partial):
+            if run_config is None:
+                raise ConfigError(
+                    f"callbacks.{name} (_partial_: true) needs the run config: call "
+                    "build_callbacks(cfg.callbacks, run_config=cfg)."
+                )
+            built = built(run_config=run_config)
+        if not isinstance(built, Callback):
+            raise ConfigError(
+                f"`callbacks.{name}._target_` built a {type(built).__name__}; it must build a Callback."
+            )
+        callbacks.append(built)
     return callbacks
 
 
-def build_loggers(cfg_logger: DictConfig | None) -> list[Logger]:
-    """Instantiate every ``_target_`` entry of ``cfg.logger`` (``logger=null`` disables logging)."""
+def build_loggers(
+    cfg_logger: DictConfig | None, extra_arguments: dict[str, dict] | None = None
+) -> list[Logger]:
+    """Instantiate every ``_target_`` entry of ``cfg.logger`` (``logger=null`` disables logging).
+
+    ``extra_arguments[name]`` are keyword arguments added to entry ``name`` (e.g. the run id of a
+    resumed W&B run), so the config itself is never edited.
+    """
     loggers: list[Logger] = []
     for name, node in (cfg_logger or {}).items():
         if node is not None and "_target_" in node:
-            loggers.append(_instantiate(node, f"logger.{name}", Logger))
+            loggers.append(
+                _instantiate(node, f"logger.{name}", Logger, **(extra_arguments or {}).get(name, {}))
+            )
     return loggers
 
 

@@ -18,6 +18,7 @@ from detrlab.errors import ConfigError
 __all__ = ["validate_run_config"]
 
 _DEFORMABLE_DETECTORS = ("DeformableDETR", "DETA")
+_CLASSIFICATION_LOSSES = ("SoftmaxCrossEntropy", "SigmoidFocalLoss")
 
 
 def validate_run_config(cfg: DictConfig) -> None:
@@ -47,26 +48,20 @@ def _target_name(node) -> str:
 
 def _detector_checks(cfg: DictConfig) -> list[str]:
     detector = _node(cfg, "model.detector")
-    criterion = _node(cfg, "model.criterion")
     if detector is None:
         return []
     problems = []
     deformable = _target_name(detector) in _DEFORMABLE_DETECTORS
-    two_stage = bool(detector.get("two_stage", False))
-    if deformable and two_stage and not detector.get("with_box_refine", False):
+    # DETA is two-stage with box refinement by definition (not a config key)
+    is_deta = _target_name(detector) == "DETA"
+    two_stage = is_deta or bool(detector.get("two_stage", False))
+    if deformable and two_stage and not (is_deta or detector.get("with_box_refine", False)):
         problems.append(
             "model.detector.two_stage=true needs model.detector.with_box_refine=true (the encoder "
             "proposal head is the extra box head of refinement): set both, or two_stage=false"
         )
-    for stage in ("assign_first_stage", "assign_second_stage"):
-        wanted = bool(criterion.get(stage, False)) if criterion is not None else False
-        wanted = wanted or (stage == "assign_first_stage" and bool(detector.get(stage, False)))
-        if wanted and not two_stage:
-            problems.append(
-                f"model.criterion.{stage}=true (DETA's IoU assignment) needs a two-stage detector: "
-                "its boxes are the encoder proposals. Use model=deta_r50, or add "
-                "model.detector.two_stage=true model.detector.with_box_refine=true, or model/assigner=hungarian"
-            )
+    if not two_stage:
+        problems += _iou_assignment_without_two_stage(cfg, detector)
     levels = detector.get("num_feature_levels")
     queries = detector.get("num_queries")
     if deformable and levels is not None and int(levels) < 1:
@@ -80,28 +75,69 @@ def _detector_checks(cfg: DictConfig) -> list[str]:
         and int(queries) < int(levels)
     ):
         problems.append(
-            f"model.detector.num_queries={queries} is smaller than num_feature_levels={levels}: DETA's "
+            f"{_queries_key(cfg)}={queries} is smaller than num_feature_levels={levels}: DETA's "
             "proposal selection takes num_queries // levels proposals per level, which would be 0. Use at "
             "least one query per level (the papers use 900 for 5 levels)"
         )
-    if criterion is not None:
-        for key in ("num_classes", "num_queries"):
-            if key in criterion and key in detector and criterion[key] != detector[key]:
-                problems.append(
-                    f"model.criterion.{key}={criterion[key]} differs from model.detector.{key}="
-                    f"{detector[key]}: set one value for both (the model configs interpolate them)"
-                )
-        sigmoid_criterion = _target_name(criterion) == "DeformableSetCriterion"
-        if deformable != sigmoid_criterion and _target_name(criterion) in (
-            "SetCriterion",
-            "DeformableSetCriterion",
-        ):
-            problems.append(
-                f"model.detector is a {_target_name(detector)} but model.criterion is a "
-                f"{_target_name(criterion)}: DETR uses softmax logits with a no-object class "
-                "(SetCriterion), Deformable DETR / DETA sigmoid logits (DeformableSetCriterion). "
-                "Start from the matching model config instead of swapping one part"
-            )
+    return problems + _shared_value_checks(cfg, detector)
+
+
+def _queries_key(cfg: DictConfig) -> str:
+    return (
+        "model.num_queries" if _node(cfg, "model.num_queries") is not None else "model.detector.num_queries"
+    )
+
+
+def _iou_assignment_without_two_stage(cfg: DictConfig, detector: DictConfig) -> list[str]:
+    """DETA's IoU assignment and NMS proposal selection work on encoder proposals: two-stage only."""
+    assignment = _node(cfg, "model.criterion.assignment")
+
+    def assigned(key: str) -> bool:
+        return isinstance(assignment, DictConfig) and assignment.get(key) is not None
+
+    wanted = []
+    if assigned("stage1_assigner") or detector.get("assign_first_stage", False):
+        wanted.append(
+            "assign_first_stage (model.criterion.assignment.stage1_assigner / model.detector.assign_first_stage: "
+            "DETA's IoU assignment and NMS proposal selection)"
+        )
+    if assigned("stage2_assigner"):
+        wanted.append(
+            "assign_second_stage (model.criterion.assignment.stage2_assigner: DETA's IoU assignment)"
+        )
+    return [
+        f"{what} needs a two-stage detector: its boxes are the encoder proposals. Use model=deta_r50, or "
+        "add model.detector.two_stage=true model.detector.with_box_refine=true, or model/assigner=hungarian"
+        for what in wanted
+    ]
+
+
+def _shared_value_checks(cfg: DictConfig, detector: DictConfig) -> list[str]:
+    """Detector and criterion agree on the class count and on softmax vs sigmoid logits."""
+    classification = _node(cfg, "model.criterion.classification")
+    if not isinstance(classification, DictConfig):
+        return []
+    problems = []
+    if (
+        "num_classes" in classification
+        and "num_classes" in detector
+        and classification.num_classes != detector.num_classes
+    ):
+        problems.append(
+            f"model.criterion.classification.num_classes={classification.num_classes} differs from "
+            f"model.detector.num_classes={detector.num_classes}: set model.num_classes once (the "
+            "model configs reference it from both parts)"
+        )
+    expected = (
+        "SigmoidFocalLoss" if _target_name(detector) in _DEFORMABLE_DETECTORS else "SoftmaxCrossEntropy"
+    )
+    actual = _target_name(classification)
+    if actual in _CLASSIFICATION_LOSSES and actual != expected:
+        problems.append(
+            f"model.detector is a {_target_name(detector)} but model.criterion.classification is a {actual}: "
+            "DETR uses softmax logits with a no-object class (SoftmaxCrossEntropy), Deformable DETR / DETA "
+            "sigmoid logits (SigmoidFocalLoss). Start from the matching model config instead of swapping one part"
+        )
     return problems
 
 

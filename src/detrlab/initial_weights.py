@@ -1,4 +1,4 @@
-"""``model.init_from=...``: start training from the weights of another run or a published model.
+"""``init_from=...``: start training from the weights of another run or a published model.
 
 The source is a detrlab checkpoint (a training run's ``.ckpt`` or one written by
 ``python -m detrlab.convert``), a transformers ``save_pretrained`` directory or an original-repository
@@ -59,7 +59,7 @@ def read_detector_weights(source: str | Path) -> dict[str, Tensor]:
     path = Path(str(source)).expanduser()
     if not path.exists():
         raise CheckpointError(
-            f"model.init_from={path} does not exist: pass a detrlab .ckpt, a transformers model "
+            f"init_from={path} does not exist: pass a detrlab .ckpt, a transformers model "
             "directory or an original .pth checkpoint."
         )
     if path.is_file():
@@ -115,7 +115,7 @@ def load_initial_weights(detector: nn.Module, source: str | Path) -> InitReport:
         if unexpected:
             problems.append(f"not in the model: {', '.join(unexpected)}")
         raise CheckpointError(
-            f"model.init_from={source} does not fit the configured model ({' | '.join(problems)}). Choose "
+            f"init_from={source} does not fit the configured model ({' | '.join(problems)}). Choose "
             "the model config the weights were trained with (same backbone, hidden_dim, layers, "
             "queries, feature levels); only the class count may differ."
         )

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from detrlab.data.collate import Batch
+from detrlab.errors import ConfigError
 from detrlab.evaluation.coco_eval import CocoEvaluator
 from detrlab.optim import OptimSettings, build_epoch_scheduler, build_optimizer
 from detrlab.utils.finite import nonfinite_terms
@@ -21,10 +22,12 @@ LOGGED_COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "
 
 
 class DetectionModule(L.LightningModule):
-    """Wraps a detector, its set criterion and its post-processor for training and evaluation.
+    """Wraps a detector, its set criterion and its post-processor for training, validation and prediction.
 
     Args:
-        detector: ``detector(images [B,3,H,W], mask [B,H,W]) -> outputs`` (see DESIGN contract).
+        detector: ``detector(images [B,3,H,W], mask [B,H,W]) -> outputs``, the dict of
+            ``pred_logits`` / ``pred_boxes`` / ``aux_outputs`` (and two-stage keys) described in
+            :class:`detrlab.losses.criterion.SetCriterion`.
         criterion: ``criterion(outputs, targets) -> dict`` of loss terms, with ``loss`` the
             weighted sum that is optimized.
         postprocess: ``postprocess(outputs, orig_sizes [B,2]) -> list[dict]`` of ``scores``,
@@ -34,9 +37,20 @@ class DetectionModule(L.LightningModule):
             dataset's contiguous labels: ``label_to_category_id[index]`` is a category id. Imported
             91-logit COCO models index raw COCO ids (the identity map 0..90). ``None`` (models
             trained here): class index == the dataset's contiguous label.
+        num_classes, num_queries: the values that detector and criterion share, written once at the
+            top of a model config and referenced by both parts; checked here against the parts
+            (``None``: not checked).
 
-    Validation computes COCO AP on predictions mapped back to the original images and the
-    dataset's own category ids; the metrics are logged as ``val/AP``, ``val/AP50``, ...
+    Validation asks the data module for ``validation_ground_truth()`` (the COCO ground truth and
+    the label map), computes COCO AP on predictions mapped back to the original images and the
+    dataset's own category ids, and logs ``val/AP``, ``val/AP50``, ...
+
+    What callbacks may read (the module's interface for them):
+        ``detector``, ``criterion``, ``postprocess``: the parts.
+        ``num_classes``: the number of object classes.
+        ``predict(images, mask, sizes)``: post-processed detections for a batch.
+        ``evaluator``: the :class:`CocoEvaluator` of the latest validation epoch (``None`` before).
+        ``nonfinite_terms``: names of the non-finite loss terms of the latest training step.
     """
 
     def __init__(
@@ -46,8 +60,12 @@ class DetectionModule(L.LightningModule):
         postprocess: nn.Module,
         optim: dict | None = None,
         label_to_category_id: list[int] | None = None,
+        num_classes: int | None = None,
+        num_queries: int | None = None,
     ):
         super().__init__()
+        check_shared_value("num_classes", num_classes, {"detector": detector, "criterion": criterion})
+        check_shared_value("num_queries", num_queries, {"detector": detector})
         self.detector = detector
         self.criterion = criterion
         self.postprocess = postprocess
@@ -62,8 +80,26 @@ class DetectionModule(L.LightningModule):
         # Names of the non-finite loss terms of the latest training step (empty when it was finite).
         self.nonfinite_terms: list[str] = []
 
+    @property
+    def num_classes(self) -> int:
+        """The detector's number of object classes."""
+        return int(self.detector.num_classes)
+
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         return self.detector(images, mask)
+
+    def predict(
+        self, images: torch.Tensor, mask: torch.Tensor, sizes: torch.Tensor
+    ) -> list[dict[str, torch.Tensor]]:
+        """Detections of a batch: ``B`` dicts of ``scores`` ``[K]``, ``labels`` ``[K]`` and ``boxes``
+        ``[K, 4]`` (absolute xyxy in images of ``sizes`` ``[B, 2]`` (h, w))."""
+        return self.postprocess(self.detector(images, mask), sizes)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        """``trainer.predict``: detections in the original image sizes, with each target's ``image_id``."""
+        orig_sizes = torch.stack([t["orig_size"] for t in batch.targets])
+        predictions = self.predict(batch.images, batch.mask, orig_sizes)
+        return [{**p, "image_id": t["image_id"]} for p, t in zip(predictions, batch.targets)]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         outputs = self.detector(batch.images, batch.mask)
@@ -81,16 +117,16 @@ class DetectionModule(L.LightningModule):
         return losses["loss"]
 
     def on_validation_epoch_start(self) -> None:
-        dataset = self._val_dataset()
+        coco, dataset_category_ids = self._validation_ground_truth()
         if self.label_to_category_id is None:
             self._dataset_to_model_label = None
-            self.evaluator = CocoEvaluator(dataset.coco, label_to_category_id=dataset.label_to_category_id)
+            self.evaluator = CocoEvaluator(coco, label_to_category_id=dataset_category_ids)
         else:
             self._dataset_to_model_label = dataset_to_model_labels(
-                dataset.label_to_category_id, self.label_to_category_id
+                dataset_category_ids, self.label_to_category_id
             ).to(self.device)
             self.evaluator = CocoEvaluator(
-                dataset.coco, label_to_category_id=self.label_to_category_id, drop_unknown_categories=True
+                coco, label_to_category_id=self.label_to_category_id, drop_unknown_categories=True
             )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -146,16 +182,15 @@ class DetectionModule(L.LightningModule):
                 sync_dist=stage == "val",
             )
 
-    def _val_dataset(self):
+    def _validation_ground_truth(self):
         datamodule = getattr(self.trainer, "datamodule", None)
-        dataset = getattr(datamodule, "val_dataset", None)
-        if dataset is None or not hasattr(dataset, "coco"):
-            raise RuntimeError(
-                "Validation needs a COCO-format validation set: pass a detrlab data module "
-                "(trainer.fit(model, datamodule=...)) whose val_dataset exposes `.coco` and "
-                "`.label_to_category_id`."
+        if not hasattr(datamodule, "validation_ground_truth"):
+            raise ConfigError(
+                "Validation needs the COCO ground truth of the validation set: pass a detrlab data module "
+                "(trainer.fit(model, datamodule=...)), or one with a validation_ground_truth() method "
+                "returning (pycocotools COCO, label_to_category_id)."
             )
-        return dataset
+        return datamodule.validation_ground_truth()
 
 
 def dataset_to_model_labels(dataset_category_ids: list[int], model_category_ids: list[int]) -> torch.Tensor:
@@ -170,6 +205,19 @@ def dataset_to_model_labels(dataset_category_ids: list[int], model_category_ids:
         raise ValueError(
             f"The dataset has category ids {missing[:10]} that the model's label_to_category_id does not "
             "cover, so its losses and AP would be meaningless. Evaluate on a dataset with the model's "
-            "categories, or fine-tune with `model.init_from=` to re-initialise the class heads."
+            "categories, or fine-tune with `init_from=` to re-initialise the class heads."
         )
     return torch.tensor([index_of[int(c)] for c in dataset_category_ids], dtype=torch.long)
+
+
+def check_shared_value(key: str, value: int | None, parts: dict[str, nn.Module]) -> None:
+    """Raise :class:`ConfigError` when a part's ``key`` attribute differs from the model-level ``value``."""
+    if value is None:
+        return
+    for name, part in parts.items():
+        own = getattr(part, key, None)
+        if own is not None and int(own) != int(value):
+            raise ConfigError(
+                f"model.{name} has {key}={own} but model.{key}={value}: the parts share this value, so set "
+                f"model.{key} once (the model configs reference it from both parts)."
+            )

@@ -12,23 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from omegaconf import DictConfig
-from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image, write_png
+from torchvision.io import write_png
 
 from detrlab.builders import build_datamodule, resolve_num_classes
 from detrlab.checkpoint import fill_from_checkpoint, load_checkpoint, model_from_checkpoint, stored_classes
 from detrlab.data.collate import collate_detection
+from detrlab.data.image_loading import decode_rgb
 from detrlab.errors import ConfigError, DatasetNotFoundError
 from detrlab.utils.boxes import xyxy_to_xywh
 from detrlab.visualization import draw_predictions
 
 log = logging.getLogger(__name__)
 
-#: File types read from an input folder (what ``torchvision.io.decode_image`` decodes).
+#: File types read from an input folder (what :func:`~detrlab.data.image_loading.decode_rgb` decodes).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
@@ -53,11 +54,6 @@ def find_images(input_path: str | Path) -> tuple[Path, list[Path]]:
     return path, files
 
 
-def read_rgb(path: Path) -> torch.Tensor:
-    """Decode an image file as uint8 RGB ``[3, H, W]`` (grayscale and RGBA files are converted)."""
-    return decode_image(str(path), mode=ImageReadMode.RGB)
-
-
 class ImageFiles(Dataset):
     """Image files with an evaluation transform, shaped like detection samples.
 
@@ -73,7 +69,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image = tv_tensors.Image(read_rgb(self.files[index]))
+        image = decode_rgb(self.files[index])
         height, width = image.shape[-2:]
         target = {
             "boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(height, width)),
@@ -98,10 +94,22 @@ def output_names(root: Path, files: list[Path]) -> list[Path]:
     return names
 
 
-def _select_device(name: str) -> torch.device:
+def prediction_trainer(device: str) -> L.Trainer:
+    """A one-device Lightning trainer for ``trainer.predict`` on ``device`` ("auto", "cpu", "cuda", "cuda:1")."""
+    name = str(device)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"device={device} is not a device: use auto, cpu, cuda or cuda:<index>.")
+    devices = [int(index or 0)] if kind == "cuda" else 1
+    return L.Trainer(
+        accelerator="gpu" if kind == "cuda" else "cpu",
+        devices=devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -123,8 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     fill_from_checkpoint(cfg, checkpoint)
     resolve_num_classes(cfg.data)
-    device = _select_device(cfg.get("device", "auto"))
-    model = model_from_checkpoint(cfg.model, checkpoint).eval().to(device)
+    model = model_from_checkpoint(cfg.model, checkpoint)
     datamodule = build_datamodule(cfg.data)
     if not hasattr(datamodule, "eval_transform"):
         raise ConfigError(
@@ -146,28 +153,23 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     image_dir = Path(cfg.image_dir) if cfg.get("draw", True) else None
     threshold = float(cfg.score_threshold)
     results: list[dict[str, Any]] = []
-    with torch.inference_mode():
-        for batch in track(loader, description="Predicting", total=len(loader)):
-            batch = batch.to(device)
-            outputs = model.detector(batch.images, batch.mask)
-            orig_sizes = torch.stack([t["orig_size"] for t in batch.targets])
-            for target, prediction in zip(batch.targets, model.postprocess(outputs, orig_sizes)):
-                index = int(target["image_id"])
-                keep = prediction["scores"] >= threshold
-                kept = {
-                    "scores": prediction["scores"][keep].float().cpu(),
-                    "labels": prediction["labels"][keep].cpu(),
-                    "boxes": prediction["boxes"][keep].float().cpu(),
-                }
-                file_name = files[index].relative_to(root).as_posix()
-                results.extend(_to_results(index, file_name, kept, class_names, label_to_category_id))
-                if image_dir is not None:
-                    drawn = draw_predictions(
-                        read_rgb(files[index]), kept, class_names, score_threshold=threshold
-                    )
-                    out = image_dir / names[index]
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    write_png(drawn, str(out))
+    trainer = prediction_trainer(cfg.get("device", "auto"))
+    batches = trainer.predict(model, dataloaders=loader)
+    for prediction in (p for batch in batches for p in batch):
+        index = int(prediction["image_id"])
+        keep = prediction["scores"] >= threshold
+        kept = {
+            "scores": prediction["scores"][keep].float().cpu(),
+            "labels": prediction["labels"][keep].cpu(),
+            "boxes": prediction["boxes"][keep].float().cpu(),
+        }
+        file_name = files[index].relative_to(root).as_posix()
+        results.extend(_to_results(index, file_name, kept, class_names, label_to_category_id))
+        if image_dir is not None:
+            drawn = draw_predictions(decode_rgb(files[index]), kept, class_names, score_threshold=threshold)
+            out = image_dir / names[index]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_png(drawn, str(out))
 
     results_file = Path(cfg.results_file)
     results_file.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from detrlab.builders import (
     build_callbacks,
@@ -51,15 +51,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build_datamodule(cfg.data)
     model = build_model(cfg.model)
-    if cfg.model.get("init_from"):
-        report = load_initial_weights(model.detector, cfg.model.init_from)
+    if cfg.get("init_from"):
+        report = load_initial_weights(model.detector, cfg.init_from)
         log.info("%s", report.summary())
     log.info("Model: %s", count_parameters(model.detector))
     callbacks = build_callbacks(cfg.get("callbacks"), run_config=cfg)
     ckpt_path = resolve_resume_path(cfg.get("ckpt_path"), checkpoint_dir=checkpoint_folder(cfg))
-    if ckpt_path is not None:
-        continue_tracking_run(cfg, ckpt_path)
-    loggers = build_loggers(cfg.get("logger"))
+    resumed_runs = continued_tracking_runs(cfg, ckpt_path) if ckpt_path is not None else {}
+    loggers = build_loggers(cfg.get("logger"), extra_arguments=resumed_runs)
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, loggers=loggers)
 
     try:
@@ -82,16 +81,17 @@ def checkpoint_folder(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir) / "checkpoints"
 
 
-def continue_tracking_run(cfg: DictConfig, ckpt_path: str) -> None:
-    """Log into the W&B run stored in the checkpoint, unless ``logger.wandb.id`` is given."""
+def continued_tracking_runs(cfg: DictConfig, ckpt_path: str) -> dict[str, dict]:
+    """Logger arguments that log into the W&B run stored in the checkpoint: ``{"wandb": {"id": ...}}``,
+    empty when ``logger.wandb.id`` is given or the checkpoint has no run id."""
     wandb_node = (cfg.get("logger") or {}).get("wandb")
     if wandb_node is None or wandb_node.get("id") is not None:
-        return
+        return {}
     run_id = stored_tracking_ids(ckpt_path).get("wandb")
-    if run_id:
-        with open_dict(cfg):
-            wandb_node.id = run_id
-        log.info("Continuing W&B run %s from the checkpoint", run_id)
+    if not run_id:
+        return {}
+    log.info("Continuing W&B run %s from the checkpoint", run_id)
+    return {"wandb": {"id": run_id}}
 
 
 @rank_zero_only

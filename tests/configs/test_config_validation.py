@@ -32,27 +32,35 @@ def test_shipped_model_configs_pass(tmp_path, model):
     [
         (
             ["model=deformable_detr_r50", "model/assigner=deta"],
-            r"model.criterion.assign_first_stage=true \(DETA's IoU assignment\) needs a two-stage detector",
+            r"assign_first_stage \(model.criterion.assignment.stage1_assigner .*\) needs a two-stage detector",
         ),
         (
-            ["model=deformable_detr_r50", "model.criterion.assign_second_stage=true"],
-            r"model.criterion.assign_second_stage=true .* needs a two-stage detector",
+            [
+                "model=deformable_detr_r50",
+                "model/assigner=deta",
+                "model.criterion.assignment.stage1_assigner=null",
+                "model.detector.assign_first_stage=false",
+            ],
+            r"assign_second_stage \(model.criterion.assignment.stage2_assigner: .*\) needs a two-stage detector",
         ),
         (
             ["model=deformable_detr_r50", "model.detector.two_stage=true"],
             r"two_stage=true needs model.detector.with_box_refine=true",
         ),
         (
-            ["model=deta_small", "model.detector.num_queries=3"],
-            r"num_queries=3 is smaller than num_feature_levels=4",
+            ["model=deta_small", "model.num_queries=3"],
+            r"model.num_queries=3 is smaller than num_feature_levels=4",
         ),
-        (["model=deta_small", "model.criterion.num_classes=5"], r"model.criterion.num_classes=5 differs"),
+        (
+            ["model=deta_small", "model.criterion.classification.num_classes=5"],
+            r"model.criterion.classification.num_classes=5 differs",
+        ),
         (
             [
                 "model=detr_small",
-                "model.criterion._target_=detrlab.losses.deformable_criterion.DeformableSetCriterion",
+                "model.criterion.classification._target_=detrlab.losses.classification.SigmoidFocalLoss",
             ],
-            r"model.detector is a DETR but model.criterion is a DeformableSetCriterion",
+            r"model.detector is a DETR but model.criterion.classification is a SigmoidFocalLoss",
         ),
     ],
     ids=[
@@ -74,7 +82,7 @@ def test_all_problems_are_reported_at_once(tmp_path):
         tmp_path,
         "model=deformable_detr_r50",
         "model/assigner=deta",
-        "model.criterion.num_classes=5",
+        "model.criterion.classification.num_classes=5",
         "trainer.accelerator=cpu",
     )
     with pytest.raises(ConfigError) as info:

@@ -1,5 +1,5 @@
 """``python -m detrlab.convert``: an imported checkpoint evaluates with ``eval.py`` (raw COCO ids for
-91-logit models), and ``model.init_from`` starts training from imported or trained weights."""
+91-logit models), and ``init_from`` starts training from imported or trained weights."""
 
 from __future__ import annotations
 
@@ -141,10 +141,12 @@ def test_train_with_init_from_a_converted_checkpoint(converted_detr, tmp_path, s
     # The converted model's own config, trained on the 3-class synthetic data: 91-logit heads are
     # replaced, the rest starts from the imported weights.
     stored = load_checkpoint(converted_detr["ckpt"])["detrlab_config"]["model"]
-    cfg = _tiny_detr_cfg(tmp_path, synthetic_data_dir, [f"model.init_from={converted_detr['ckpt']}"])
+    cfg = _tiny_detr_cfg(tmp_path, synthetic_data_dir, [f"init_from={converted_detr['ckpt']}"])
     with open_dict(cfg):
         detector = dict(stored["detector"], num_classes=cfg.data.num_classes)
         cfg.model.detector = detector
+        # the model-level value the module checks the detector against
+        cfg.model.num_queries = detector["num_queries"]
     caplog.set_level(logging.INFO, logger="detrlab")
     try:
         metrics = train.run(cfg)

@@ -10,7 +10,7 @@ from omegaconf import open_dict
 
 from detrlab import train
 from detrlab.errors import NonFiniteLossError
-from detrlab.losses.deformable_criterion import DeformableSetCriterion
+from detrlab.losses.criterion import SetCriterion
 
 
 def inject(monkeypatch, bad_steps: set[int], kind: str) -> dict:
@@ -19,7 +19,7 @@ def inject(monkeypatch, bad_steps: set[int], kind: str) -> dict:
     ``kind="loss"``: ``loss_giou`` (and so ``loss``) becomes NaN. ``kind="gradient"``: every loss
     term stays finite but a zero-valued ``sqrt(|x - x|)`` term makes the gradients NaN.
     """
-    original = DeformableSetCriterion.forward
+    original = SetCriterion.forward
     calls = {"train": 0}
 
     def forward(self, outputs, targets):
@@ -36,7 +36,7 @@ def inject(monkeypatch, bad_steps: set[int], kind: str) -> dict:
                 losses["loss"] = losses["loss"] + (boxes - boxes.detach()).abs().sqrt().sum()
         return losses
 
-    monkeypatch.setattr(DeformableSetCriterion, "forward", forward)
+    monkeypatch.setattr(SetCriterion, "forward", forward)
     return calls
 
 

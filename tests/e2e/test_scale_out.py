@@ -78,8 +78,8 @@ def test_two_ranks_normalise_losses_like_one_process_on_the_same_data(tmp_path):
         # caps; caps above the candidate counts make the comparison deterministic.
         no_subsampling = (
             [
-                "model.criterion.stage1_samples_per_image=100000",
-                "model.criterion.stage2_positive_fraction=1.0",
+                "+model.criterion.assignment.stage1_assigner.samples_per_image=100000",
+                "+model.criterion.assignment.stage2_assigner.positive_fraction=1.0",
             ]
             if model == "deta_small"
             else []

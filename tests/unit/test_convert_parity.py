@@ -148,10 +148,15 @@ def test_training_loss_matches_reference_with_hungarian_matching(kind, tmp_path)
     detector, converted = convert_checkpoint(hf_dir, **_overrides(kind))
     criterion_config = converted.model_config["criterion"]
     if kind == "deta":
-        assert criterion_config["assign_first_stage"] and criterion_config["assign_second_stage"]
+        assignment = criterion_config["assignment"]
+        assert assignment["stage1_assigner"] is not None and assignment["stage2_assigner"] is not None
         # Hungarian matching for every output: the IoU assigners off in both losses (the reference
         # reads these flags from its config in the loss only; its proposal NMS is fixed at init).
-        criterion_config = {**criterion_config, "assign_first_stage": False, "assign_second_stage": False}
+        hungarian = {
+            "_target_": "detrlab.losses.assignment.HungarianAssignment",
+            "matcher": assignment["matcher"],
+        }
+        criterion_config = {**criterion_config, "assignment": hungarian}
         model.config.assign_first_stage = model.config.assign_second_stage = False
     criterion = hydra.utils.instantiate(criterion_config, _convert_="all")
     images, mask = _padded_batch(kind)

@@ -1,4 +1,4 @@
-"""SetCriterion: hand-checked values, aux losses and weighting, empty targets, distributed normalization."""
+"""SetCriterion with softmax cross entropy and Hungarian matching: hand-checked values, aux losses and weighting, empty targets, distributed normalization."""
 
 import math
 
@@ -7,6 +7,8 @@ import torch
 import torch.distributed as torch_dist
 
 from detrlab.losses import criterion as criterion_module
+from detrlab.losses.assignment import HungarianAssignment
+from detrlab.losses.classification import SoftmaxCrossEntropy
 from detrlab.losses.criterion import SetCriterion
 from detrlab.losses.matcher import HungarianMatcher
 from detrlab.utils import dist
@@ -26,8 +28,10 @@ HAND_L1 = 0.15
 HAND_GIOU = 3.0 / 7.0 - 0.005 / 0.075
 
 
-def _criterion(**kwargs):
-    return SetCriterion(NUM_CLASSES, HungarianMatcher(), **kwargs)
+def _criterion(eos_coef=0.1, **kwargs):
+    return SetCriterion(
+        SoftmaxCrossEntropy(NUM_CLASSES, eos_coef=eos_coef), HungarianAssignment(HungarianMatcher()), **kwargs
+    )
 
 
 def _hand_outputs():
@@ -183,8 +187,8 @@ def test_logging_terms_carry_no_gradient():
 
 def test_empty_weight_buffer():
     criterion = _criterion(eos_coef=0.25)
-    torch.testing.assert_close(criterion.empty_weight, torch.tensor([1.0, 1.0, 0.25]))
-    assert "empty_weight" in dict(criterion.named_buffers())
+    torch.testing.assert_close(criterion.classification.empty_weight, torch.tensor([1.0, 1.0, 0.25]))
+    assert "empty_weight" in dict(criterion.classification.named_buffers())
 
 
 def test_invalid_inputs_raise():

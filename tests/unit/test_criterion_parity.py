@@ -1,8 +1,10 @@
-"""SetCriterion and HungarianMatcher agree with the DETR loss of the `transformers` library."""
+"""SetCriterion (softmax cross entropy, Hungarian matching) agrees with the DETR loss of the `transformers` library."""
 
 import pytest
 import torch
 
+from detrlab.losses.assignment import HungarianAssignment
+from detrlab.losses.classification import SoftmaxCrossEntropy
 from detrlab.losses.criterion import SetCriterion
 from detrlab.losses.matcher import HungarianMatcher
 
@@ -35,9 +37,10 @@ def test_losses_match_transformers_detr_loss(sizes):
     ]
 
     ours = SetCriterion(
-        NUM_CLASSES,
-        HungarianMatcher(cost_class=COSTS["class"], cost_bbox=COSTS["bbox"], cost_giou=COSTS["giou"]),
-        eos_coef=0.1,
+        SoftmaxCrossEntropy(NUM_CLASSES, eos_coef=0.1),
+        HungarianAssignment(
+            HungarianMatcher(cost_class=COSTS["class"], cost_bbox=COSTS["bbox"], cost_giou=COSTS["giou"])
+        ),
     )(outputs, targets)
 
     theirs_matcher = loss_for_object_detection.HungarianMatcher(

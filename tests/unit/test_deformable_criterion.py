@@ -1,25 +1,40 @@
-"""DeformableSetCriterion: hand-checked focal loss, weighting, DETA assignment, empty targets, configs."""
+"""SetCriterion with sigmoid focal loss and DETA assignment: hand-checked focal loss, weighting, DETA assignment, empty targets, configs."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torchvision.ops import sigmoid_focal_loss
 
-from detrlab.losses import deformable_criterion as criterion_module
-from detrlab.losses.deformable_criterion import DeformableSetCriterion
+from detrlab.losses import criterion as criterion_module
+from detrlab.losses.assigner import Stage1Assigner, Stage2Assigner
+from detrlab.losses.assignment import DetaAssignment, HungarianAssignment
+from detrlab.losses.classification import SigmoidFocalLoss
+from detrlab.losses.criterion import SetCriterion
 from detrlab.losses.matcher import HungarianMatcher
+from tests.helpers import compose_config
 
 NUM_CLASSES = 3
-ASSIGNER_DIR = Path(__file__).resolve().parents[2] / "conf" / "model" / "assigner"
 LN2 = math.log(2.0)
 
 
-def _criterion(**kwargs):
-    return DeformableSetCriterion(NUM_CLASSES, HungarianMatcher(class_cost="focal", cost_class=2.0), **kwargs)
+def _criterion(
+    num_classes=NUM_CLASSES,
+    loss_weights=None,
+    focal_alpha=0.25,
+    focal_gamma=2.0,
+    assign_first_stage=False,
+    assign_second_stage=False,
+    num_queries=300,
+    cost_class=2.0,
+):
+    assignment = DetaAssignment(
+        HungarianMatcher(class_cost="focal", cost_class=cost_class),
+        Stage1Assigner() if assign_first_stage else None,
+        Stage2Assigner(num_queries) if assign_second_stage else None,
+    )
+    return SetCriterion(SigmoidFocalLoss(num_classes, focal_alpha, focal_gamma), assignment, loss_weights)
 
 
 def _boxes(generator, *shape):
@@ -60,7 +75,7 @@ def test_focal_loss_hand_checked():
     # 2 queries x 2 classes, all logits 0 (p = 1/2); query 0 is matched to the class-1 target.
     # focal(x=0, y=1) = 0.25 * (1/2)^2 * ln2, focal(x=0, y=0) = 0.75 * (1/2)^2 * ln2
     # sum = ln2 * (0.0625 + 3 * 0.1875) = 0.625 ln2, divided by num_boxes = 1
-    criterion = DeformableSetCriterion(2, HungarianMatcher(class_cost="focal"))
+    criterion = _criterion(num_classes=2, cost_class=1.0)
     outputs = {
         "pred_logits": torch.zeros(1, 2, 2, requires_grad=True),
         "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]], requires_grad=True),
@@ -156,8 +171,8 @@ def test_second_stage_uses_init_reference_once_for_every_layer():
     outputs = {**layer(), "aux_outputs": [layer(), layer()], "init_reference": init_reference}
     criterion = _criterion(assign_second_stage=True, num_queries=6)
     calls = []
-    criterion.stage2_assigner.register_forward_hook(lambda *args: calls.append(1))
-    criterion.matcher.register_forward_pre_hook(
+    criterion.assignment.stage2_assigner.register_forward_hook(lambda *args: calls.append(1))
+    criterion.assignment.matcher.register_forward_pre_hook(
         lambda *args: pytest.fail("decoder layers were Hungarian-matched")
     )
     losses = criterion(outputs, [target])
@@ -179,10 +194,10 @@ def test_invalid_encoder_tokens_are_never_matched():
         "valid": torch.tensor([[False, True, True]]),
     }
     for criterion in (_criterion(), _criterion(assign_first_stage=True)):
-        query, target_idx = criterion.encoder_indices(enc_outputs, [target])[0]
+        query, target_idx = criterion.assignment.encoder_indices(enc_outputs, [target])[0]
         assert query.tolist() == [2] and target_idx.tolist() == [0]
     enc_outputs.pop("valid")
-    assert _criterion().encoder_indices(enc_outputs, [target])[0][0].tolist() == [0]
+    assert _criterion().assignment.encoder_indices(enc_outputs, [target])[0][0].tolist() == [0]
 
 
 @pytest.mark.parametrize("sizes", [[3, 0], [0, 0]], ids=["one-empty", "all-empty"])
@@ -218,7 +233,7 @@ def test_num_boxes_is_averaged_across_ranks(monkeypatch):
 def test_bad_inputs_raise_clear_errors():
     outputs, targets = _two_stage_batch([1, 1], seed=6)
     with pytest.raises(ValueError, match="num_classes=5"):
-        DeformableSetCriterion(5, HungarianMatcher(class_cost="focal"))(outputs, targets)
+        _criterion(num_classes=5, cost_class=1.0)(outputs, targets)
     with pytest.raises(ValueError, match="one target dict per image"):
         _criterion()(outputs, targets[:1])
     with pytest.raises(KeyError, match="init_reference"):
@@ -233,22 +248,19 @@ def test_bad_inputs_raise_clear_errors():
         _criterion()(outputs, bad_labels)
 
 
-def test_deta_assigner_config_builds_the_deta_criterion():
-    node = OmegaConf.load(ASSIGNER_DIR / "deta.yaml")
-    criterion = instantiate(
-        {"_target_": "detrlab.losses.deformable_criterion.DeformableSetCriterion", "num_classes": 3, **node}
+def test_deta_assigner_config_builds_the_deta_criterion(tmp_path):
+    cfg = compose_config("train", ["model=deta_small", "data.num_classes=3"], tmp_path)
+    criterion = instantiate(cfg.model.criterion)
+    assert criterion.assignment.assign_first_stage and criterion.assignment.assign_second_stage
+    assert criterion.assignment.stage1_assigner.thresholds == (0.3, 0.7)
+    assert criterion.assignment.stage1_assigner.samples_per_image == 256
+    assert criterion.assignment.stage2_assigner.thresholds == (0.6,)
+    assert (
+        criterion.assignment.matcher.class_cost == "focal" and criterion.assignment.matcher.cost_class == 2.0
     )
-    assert criterion.assign_first_stage and criterion.assign_second_stage
-    assert criterion.stage1_assigner.thresholds == (0.3, 0.7)
-    assert criterion.stage1_assigner.samples_per_image == 256
-    assert criterion.stage2_assigner.thresholds == (0.6,)
-    assert criterion.matcher.class_cost == "focal" and criterion.matcher.cost_class == 2.0
-    # the Hungarian group leaves both flags at their default (off)
-    hungarian = instantiate(
-        {
-            "_target_": "detrlab.losses.deformable_criterion.DeformableSetCriterion",
-            "num_classes": 3,
-            **OmegaConf.load(ASSIGNER_DIR / "hungarian.yaml"),
-        }
+    # the Hungarian group assigns nothing by IoU
+    cfg = compose_config(
+        "train", ["model=deta_small", "model/assigner=hungarian", "data.num_classes=3"], tmp_path
     )
-    assert hungarian.stage1_assigner is None and hungarian.stage2_assigner is None
+    hungarian = instantiate(cfg.model.criterion)
+    assert type(hungarian.assignment) is HungarianAssignment

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hydra
 import pytest
 import torch
 
 from detrlab.models.backbone import ResNetBackbone
 from detrlab.models.deformable_detr import DETA, DeformableDETR
 from detrlab.models.swin import SwinBackbone
+from tests.helpers import compose_config
 
 
 def _num_params(module: torch.nn.Module) -> int:
@@ -27,8 +29,11 @@ def test_deformable_detr_r50_parameter_count(kwargs, expected):
     assert _num_params(model) == pytest.approx(expected, rel=0.005)
 
 
-def test_deta_r50_parameter_count_and_defaults():
-    model = DETA(ResNetBackbone("resnet50", return_stages=[2, 3, 4]), num_classes=91)
+def test_deta_r50_parameter_count_and_defaults(tmp_path):
+    # DETA's R50 sizes live in its model config; the architecture choices in the class
+    cfg = compose_config("train", ["model=deta_r50", "data.num_classes=91"], tmp_path)
+    model = hydra.utils.instantiate(cfg.model.detector)
+    assert isinstance(model, DETA)
     assert _num_params(model) == pytest.approx(48.4e6, rel=0.005)
     assert model.num_queries == 900 and model.transformer.num_feature_levels == 5
     assert model.transformer.assign_first_stage and hasattr(model.transformer, "pix_trans")

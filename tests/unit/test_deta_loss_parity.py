@@ -1,11 +1,13 @@
-"""DeformableSetCriterion and the IoU assigners agree with DETA's loss in the `transformers` library."""
+"""SetCriterion (sigmoid focal loss, DETA assignment) and the IoU assigners agree with DETA's loss in the `transformers` library."""
 
 import pytest
 import torch
 from torchvision.ops import box_iou
 
 from detrlab.losses.assigner import Stage1Assigner, Stage2Assigner
-from detrlab.losses.deformable_criterion import DeformableSetCriterion
+from detrlab.losses.assignment import DetaAssignment
+from detrlab.losses.classification import SigmoidFocalLoss
+from detrlab.losses.criterion import SetCriterion
 from detrlab.losses.matcher import HungarianMatcher
 from detrlab.losses.sampling import label_by_iou, topk_per_target
 from detrlab.utils.boxes import cxcywh_to_xyxy
@@ -90,9 +92,9 @@ def _assert_terms_close(ours, theirs, num_aux, rtol=0.0):
 @pytest.mark.parametrize("sizes", [[3, 1, 4], [2, 0, 5], [0, 0, 0]], ids=["full", "one-empty", "all-empty"])
 def test_hungarian_path_matches_deta_loss(sizes, dtype):
     outputs, targets = _batch(sizes, seed=sum(sizes) + 1, dtype=dtype)
-    ours = DeformableSetCriterion(NUM_CLASSES, HungarianMatcher(class_cost="focal", cost_class=2.0))(
-        outputs, targets
-    )
+    ours = SetCriterion(
+        SigmoidFocalLoss(NUM_CLASSES), DetaAssignment(HungarianMatcher(class_cost="focal", cost_class=2.0))
+    )(outputs, targets)
     theirs = _reference_loss(outputs, targets, num_queries=12)
     # float32: the same up to summation order (relative 1e-6 of terms that reach ~200 without targets)
     _assert_terms_close(ours, theirs, num_aux=2, rtol=0.0 if dtype == torch.float64 else 1e-6)
@@ -168,12 +170,13 @@ def test_assigners_match_deta_assigners_when_caps_do_not_bind():
 
 def test_deta_assignment_losses_match_deta_loss_when_caps_do_not_bind():
     outputs, targets = _batch([4, 0, 3], seed=3, num_queries=40, num_tokens=120)
-    ours = DeformableSetCriterion(
-        NUM_CLASSES,
-        HungarianMatcher(class_cost="focal", cost_class=2.0),
-        assign_first_stage=True,
-        assign_second_stage=True,
-        num_queries=1000,
+    ours = SetCriterion(
+        SigmoidFocalLoss(NUM_CLASSES),
+        DetaAssignment(
+            HungarianMatcher(class_cost="focal", cost_class=2.0),
+            Stage1Assigner(),
+            Stage2Assigner(num_queries=1000),
+        ),
     )(outputs, targets)
     theirs = _reference_loss(
         outputs, targets, num_queries=1000, assign_first_stage=True, assign_second_stage=True

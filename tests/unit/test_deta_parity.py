@@ -85,7 +85,12 @@ def test_deta_matches_reference_outputs(num_levels):
     torch.manual_seed(0)
     backbone = ResNetBackbone("resnet_small", return_stages=[2, 3, 4], stage_widths=[8, 16, 32, 32])
     ours = DETA(
-        backbone, num_classes=4, num_feature_levels=num_levels, attention_implementation="pytorch", **SIZES
+        backbone,
+        num_classes=4,
+        num_feature_levels=num_levels,
+        assign_first_stage=True,
+        attention_implementation="pytorch",
+        **SIZES,
     )
     # non-trivial class/box heads and sampling offsets
     with torch.no_grad():

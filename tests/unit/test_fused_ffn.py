@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detrlab.models.deformable_layers import FeedForward
+from detrlab.models.deformable_layers import ResidualFeedForward
 from detrlab.models.deformable_transformer import DeformableTransformer
 
 
@@ -24,7 +24,7 @@ def _saved_bytes(fn):
     return out, sum(seen.values())
 
 
-def _composed(module: FeedForward, x):
+def _composed(module: ResidualFeedForward, x):
     """The block written with autograd's own operations (the reference)."""
     hidden = F.dropout(module.linear1(x).relu(), module.dropout1.p, training=True)
     return module.norm(x + F.dropout(module.linear2(hidden), module.dropout2.p, training=True))
@@ -35,7 +35,7 @@ def _composed(module: FeedForward, x):
 @pytest.mark.parametrize("recompute", [False, True])
 def test_same_outputs_and_gradients_as_the_composed_block(dtype, dropout, recompute):
     torch.manual_seed(0)
-    reference = FeedForward(16, 128, dropout).to(dtype).train()
+    reference = ResidualFeedForward(16, 128, dropout).to(dtype).train()
     fused = copy.deepcopy(reference)
     fused.recompute_hidden = recompute
     x = torch.randn(2, 50, 16, dtype=dtype)
@@ -63,7 +63,7 @@ def test_same_outputs_and_gradients_as_the_composed_block(dtype, dropout, recomp
 @pytest.mark.parametrize("recompute", [False, True])
 def test_gradcheck(recompute):
     torch.manual_seed(0)
-    module = FeedForward(4, 8, 0.0).double().train()
+    module = ResidualFeedForward(4, 8, 0.0).double().train()
     module.recompute_hidden = recompute
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(module, (x,))

@@ -49,7 +49,7 @@ def test_null_num_classes_is_read_from_the_json_and_reaches_the_model(tmp_path):
     resolve_num_classes(cfg.data)
     assert cfg.data.num_classes == 3
     assert cfg.model.detector.num_classes == 3
-    assert cfg.model.criterion.num_classes == 3
+    assert cfg.model.criterion.classification.num_classes == 3
 
 
 def test_train_json_is_used_when_val_json_is_absent(tmp_path):

@@ -59,10 +59,9 @@ class LogDetections(L.Callback):
     def render(self, pl_module: L.LightningModule, batch: Any, class_names: list[str]) -> list[torch.Tensor]:
         """uint8 ``[3, h, w]`` renderings of the first images of ``batch`` (a :class:`Batch`)."""
         count = min(self.num_images, len(batch))
-        outputs = pl_module.detector(batch.images[:count], batch.mask[:count])
         sizes = torch.stack([t["size"] for t in batch.targets[:count]])
         # Boxes in the pixels of the resized (validation-size) images that are drawn on.
-        predictions = pl_module.postprocess(outputs, sizes)
+        predictions = pl_module.predict(batch.images[:count], batch.mask[:count], sizes)
         rendered = []
         for i in range(count):
             target = batch.targets[i]
@@ -89,8 +88,7 @@ def _class_names(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]:
     names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
     if names is not None:
         return list(names)
-    num_classes = getattr(pl_module.criterion, "num_classes", 0)
-    return [str(label) for label in range(num_classes)]
+    return [str(label) for label in range(pl_module.num_classes)]
 
 
 def _send(logger: Logger, images: list[torch.Tensor], epoch: int, step: int) -> None:

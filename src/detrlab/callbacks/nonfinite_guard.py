@@ -18,7 +18,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch.optim import Optimizer
 
-from detrlab.callbacks.save_on_interrupt import save_last_checkpoint
+from detrlab.callbacks.checkpoint_on_stop import save_last_checkpoint
 from detrlab.errors import NonFiniteLossError
 from detrlab.utils.finite import nonfinite_gradients
 
@@ -48,7 +48,7 @@ class NonFiniteGuard(Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Optimizer
     ) -> None:
-        if not self.check_gradients or getattr(pl_module, "nonfinite_terms", None):
+        if not self.check_gradients or pl_module.nonfinite_terms:
             return
         # Gradients are already averaged across ranks here, so every rank reaches the same decision.
         self._bad_gradients = nonfinite_gradients(pl_module)
@@ -58,7 +58,7 @@ class NonFiniteGuard(Callback):
             optimizer.zero_grad(set_to_none=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        bad_terms = list(getattr(pl_module, "nonfinite_terms", None) or [])
+        bad_terms = list(pl_module.nonfinite_terms)
         if not bad_terms and not self._bad_gradients:
             self.consecutive = 0
         else:

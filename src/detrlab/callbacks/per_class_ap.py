@@ -25,7 +25,7 @@ class PerClassAPLogger(L.Callback):
     """
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        evaluator = getattr(pl_module, "evaluator", None)
+        evaluator = pl_module.evaluator
         if trainer.sanity_checking or not trainer.is_global_zero or evaluator is None:
             return
         if not hasattr(evaluator, "per_class_ap"):

@@ -63,7 +63,7 @@ class RunInfoLogger(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = getattr(trainer, "datamodule", None)
         batch = effective_batch(trainer, getattr(datamodule, "batch_size", None))
-        detector = getattr(pl_module, "detector", pl_module)
+        detector = pl_module.detector
         counts = parameter_counts(detector)
         git = git_state()
         record = {

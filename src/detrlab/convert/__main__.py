@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Convert a transformers save_pretrained directory (DETA, Deformable DETR, DETR) or an original "
             "repository .pth checkpoint into a detrlab checkpoint for eval.py ckpt_path=, predict.py "
-            "ckpt_path= and train.py model.init_from=."
+            "ckpt_path= and train.py init_from=."
         ),
     )
     parser.add_argument(

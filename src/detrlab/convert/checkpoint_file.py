@@ -1,5 +1,5 @@
 """Write an imported detector as a detrlab checkpoint that ``eval.py``, ``predict.py`` and
-``train.py model.init_from=`` accept."""
+``train.py init_from=`` accept."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import hydra
 from torch import nn
 
 from detrlab.models.backbone import TORCHVISION_RESNETS
+from detrlab.models.deformable_detr import DETA
 
 __all__ = [
     "COCO_RAW_NUM_CLASSES",
@@ -80,10 +81,15 @@ class ConvertedModel:
                 self.detector_config["backbone"].update(value)
             else:
                 self.detector_config[key] = value
+        # The values detector and criterion share follow the detector.
         if "num_classes" in overrides:
-            self.model_config["criterion"]["num_classes"] = overrides["num_classes"]
-        if "num_queries" in overrides and "num_queries" in self.model_config["criterion"]:
-            self.model_config["criterion"]["num_queries"] = overrides["num_queries"]
+            self.model_config["num_classes"] = overrides["num_classes"]
+            self.model_config["criterion"]["classification"]["num_classes"] = overrides["num_classes"]
+        if "num_queries" in overrides:
+            self.model_config["num_queries"] = overrides["num_queries"]
+            stage2 = self.model_config["criterion"]["assignment"].get("stage2_assigner")
+            if stage2 is not None:
+                stage2["num_queries"] = overrides["num_queries"]
 
 
 def raw_coco_label_map(num_classes: int) -> list[int] | None:
@@ -161,20 +167,21 @@ def detr_module_config(
     optim: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``DetectionModule`` config of a DETR (softmax classes, "no object" column)."""
-    num_classes = detector["num_classes"]
-    return {
-        "_target_": "detrlab.module.DetectionModule",
-        "detector": detector,
-        "criterion": {
-            "_target_": "detrlab.losses.criterion.SetCriterion",
-            "num_classes": num_classes,
-            "loss_weights": dict(zip(("ce", "bbox", "giou"), map(float, loss_weights))),
+    return _module_config(
+        detector,
+        loss_weights,
+        classification={
+            "_target_": "detrlab.losses.classification.SoftmaxCrossEntropy",
+            "num_classes": detector["num_classes"],
             "eos_coef": float(eos_coef),
+        },
+        assignment={
+            "_target_": "detrlab.losses.assignment.HungarianAssignment",
             "matcher": _matcher("softmax", *costs, focal_alpha=0.25),
         },
-        "postprocess": {"_target_": "detrlab.evaluation.postprocess.DetrPostProcess"},
-        "optim": optim or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "lr_drop_epochs": [200]},
-    }
+        postprocess={"_target_": "detrlab.evaluation.postprocess.DetrPostProcess"},
+        optim=optim or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "lr_drop_epochs": [200]},
+    )
 
 
 def deformable_module_config(
@@ -188,10 +195,14 @@ def deformable_module_config(
 ) -> dict[str, Any]:
     """``DetectionModule`` config of Deformable DETR / DETA (sigmoid focal classes).
 
-    DETA's one-to-many training (``assign_second_stage``) produces duplicates, so its post-processing
+    ``detector`` holds every :class:`~detrlab.models.deformable_detr.DeformableDETR` argument; it
+    becomes a ``DETA`` when it has DETA's defining options (two-stage, refinement, proposal features).
+    The encoder is IoU-assigned when the detector selects its proposals by NMS
+    (``assign_first_stage``), the decoder with ``assign_second_stage`` (``criterion_num_queries``
+    samples per image). DETA's one-to-many training produces duplicates, so its post-processing
     runs class-wise NMS (0.7 after a top-10000 preselection), as DETA does at inference.
     """
-    num_classes = detector["num_classes"]
+    detector = _deformable_detector(detector)
     postprocess: dict[str, Any] = {
         "_target_": "detrlab.evaluation.sigmoid_postprocess.SigmoidTopKPostProcess",
         "num_detections": 100,
@@ -199,22 +210,36 @@ def deformable_module_config(
     }
     if assign_second_stage:
         postprocess["pre_nms_topk"] = 10000
-    return {
-        "_target_": "detrlab.module.DetectionModule",
-        "detector": detector,
-        "criterion": {
-            "_target_": "detrlab.losses.deformable_criterion.DeformableSetCriterion",
-            "num_classes": num_classes,
-            "loss_weights": dict(zip(("ce", "bbox", "giou"), map(float, loss_weights))),
-            "focal_alpha": float(focal_alpha),
-            "focal_gamma": 2.0,
-            "num_queries": int(criterion_num_queries),
-            "assign_first_stage": bool(detector.get("assign_first_stage", False)),
-            "assign_second_stage": bool(assign_second_stage),
-            "matcher": _matcher("focal", *costs, focal_alpha=focal_alpha),
+    matcher = _matcher("focal", *costs, focal_alpha=focal_alpha)
+    assign_first_stage = bool(detector.get("assign_first_stage", False))
+    if assign_first_stage or assign_second_stage:
+        assignment: dict[str, Any] = {
+            "_target_": "detrlab.losses.assignment.DetaAssignment",
+            "matcher": matcher,
+            "stage1_assigner": {"_target_": "detrlab.losses.assigner.Stage1Assigner"}
+            if assign_first_stage
+            else None,
+            "stage2_assigner": {
+                "_target_": "detrlab.losses.assigner.Stage2Assigner",
+                "num_queries": int(criterion_num_queries),
+            }
+            if assign_second_stage
+            else None,
+        }
+    else:
+        assignment = {"_target_": "detrlab.losses.assignment.HungarianAssignment", "matcher": matcher}
+    return _module_config(
+        detector,
+        loss_weights,
+        classification={
+            "_target_": "detrlab.losses.classification.SigmoidFocalLoss",
+            "num_classes": detector["num_classes"],
+            "alpha": float(focal_alpha),
+            "gamma": 2.0,
         },
-        "postprocess": postprocess,
-        "optim": optim
+        assignment=assignment,
+        postprocess=postprocess,
+        optim=optim
         or {
             "lr": 2e-4,
             "lr_backbone": 2e-5,
@@ -222,7 +247,42 @@ def deformable_module_config(
             "weight_decay": 1e-4,
             "lr_drop_epochs": [40],
         },
+    )
+
+
+def _module_config(
+    detector: dict[str, Any],
+    loss_weights: tuple[float, float, float],
+    classification: dict[str, Any],
+    assignment: dict[str, Any],
+    postprocess: dict[str, Any],
+    optim: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``DetectionModule`` node around a detector and the parts of its criterion."""
+    return {
+        "_target_": "detrlab.module.DetectionModule",
+        "num_classes": detector["num_classes"],
+        "num_queries": detector["num_queries"],
+        "detector": detector,
+        "criterion": {
+            "_target_": "detrlab.losses.criterion.SetCriterion",
+            "loss_weights": dict(zip(("ce", "bbox", "giou"), map(float, loss_weights))),
+            "classification": classification,
+            "assignment": assignment,
+        },
+        "postprocess": postprocess,
+        "optim": optim,
     }
+
+
+def _deformable_detector(detector: dict[str, Any]) -> dict[str, Any]:
+    """``detector`` with the ``_target_`` of its class: ``DETA`` (without the options that define it,
+    which are not its arguments) or ``DeformableDETR``."""
+    defining = DETA.DEFINING_OPTIONS
+    if all(bool(detector.get(key, False)) == value for key, value in defining.items()):
+        rest = {key: value for key, value in detector.items() if key not in defining}
+        return {**rest, "_target_": "detrlab.models.deformable_detr.DETA"}
+    return {**detector, "_target_": "detrlab.models.deformable_detr.DeformableDETR"}
 
 
 #: Swin-L in the layout of DETA's Swin backbone (384 pretraining, window 12).

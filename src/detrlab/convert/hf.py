@@ -203,7 +203,7 @@ def _deformable(config: dict[str, Any], path: Path, deta: bool) -> tuple[Convert
     num_queries = int(config["two_stage_num_proposals"] if two_stage else config["num_queries"])
     assign_first = bool(config.get("assign_first_stage", False)) and deta and two_stage
     detector = {
-        "_target_": "detrlab.models.deformable_detr." + ("DETA" if deta else "DeformableDETR"),
+        # the class (DETA or DeformableDETR) follows from the options: deformable_module_config
         "backbone": backbone,
         "num_classes": _num_labels(config),
         "num_queries": num_queries,

@@ -167,7 +167,7 @@ def _deformable(state: Mapping[str, Tensor], raw_args: Any, path: Path) -> tuple
     num_queries = args("num_queries", None if two_stage else state["query_embed.weight"].shape[0])
     stages = [2, 3, 4] if num_levels > 1 else [4]
     detector = {
-        "_target_": "detrlab.models.deformable_detr." + ("DETA" if deta else "DeformableDETR"),
+        # the class (DETA or DeformableDETR) follows from the options: deformable_module_config
         "backbone": _backbone_config(state, args, path, stages),
         "num_classes": int(state["class_embed.0.weight"].shape[0]),
         "num_queries": int(num_queries),

@@ -190,6 +190,11 @@ class CocoDataModule(L.LightningDataModule):
         """Dataset category id of each contiguous label."""
         return self.val_dataset.label_to_category_id
 
+    def validation_ground_truth(self) -> tuple[Any, list[int]]:
+        """What validation scores predictions against: the validation split's ``pycocotools.coco.COCO``
+        and ``label_to_category_id`` (the category id of each contiguous label)."""
+        return self.val_dataset.coco, self.val_dataset.label_to_category_id
+
     def _loader_kwargs(self) -> dict[str, Any]:
         return {
             "num_workers": self.num_workers,

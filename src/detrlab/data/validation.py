@@ -27,6 +27,7 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,20 @@ def _annotation_problem(ann: dict, image: dict, category_ids: set[int]) -> str |
     return None
 
 
+def _entries_with_int_ids(
+    entries: list, kind: str, report: ValidationReport
+) -> Iterator[tuple[int, dict, int]]:
+    """``(id, entry, how many entries have that id)`` of each entry with an integer ``id``, in file
+    order; an entry without one is reported as a problem of ``kind`` when the iteration reaches it."""
+    counts = Counter(e.get("id") for e in entries if isinstance(e, dict) and _is_int(e.get("id")))
+    for position, entry in enumerate(entries):
+        entry_id = entry.get("id") if isinstance(entry, dict) else None
+        if not _is_int(entry_id):
+            report.problems.append(Problem(kind, f"at position {position}", "`id` is not an integer"))
+            continue
+        yield entry_id, entry, counts[entry_id]
+
+
 def _decode_problem(path: Path, image: dict) -> str | None:
     # Imported here: decoding is opt-in and torchvision's decoder is only needed then.
     from detrlab.data.image_loading import decode_rgb
@@ -204,17 +219,10 @@ def validate_coco(
     report = ValidationReport(annotation_file)
 
     images: dict[int, dict] = {}
-    id_counts = Counter(
-        img.get("id") for img in data["images"] if isinstance(img, dict) and _is_int(img.get("id"))
-    )
-    for position, image in enumerate(data["images"]):
-        image_id = image.get("id") if isinstance(image, dict) else None
-        if not _is_int(image_id):
-            report.problems.append(Problem("image", f"at position {position}", "`id` is not an integer"))
-            continue
+    for image_id, image, id_count in _entries_with_int_ids(data["images"], "image", report):
         problem = _image_entry_problem(image)
-        if problem is None and id_counts[image_id] > 1:
-            problem = f"image id {image_id} is used by {id_counts[image_id]} entries"
+        if problem is None and id_count > 1:
+            problem = f"image id {image_id} is used by {id_count} entries"
         if problem is None and image_dir is not None:
             path = Path(image_dir) / image["file_name"]
             if not path.is_file():
@@ -228,19 +236,12 @@ def validate_coco(
 
     bad_image_ids = {p.item_id for p in report.problems if p.kind == "image"}
     annotations: list[dict] = []
-    ann_counts = Counter(
-        a.get("id") for a in data["annotations"] if isinstance(a, dict) and _is_int(a.get("id"))
-    )
-    for position, ann in enumerate(data["annotations"]):
-        ann_id = ann.get("id") if isinstance(ann, dict) else None
-        if not _is_int(ann_id):
-            report.problems.append(Problem("annotation", f"at position {position}", "`id` is not an integer"))
-            continue
+    for ann_id, ann, id_count in _entries_with_int_ids(data["annotations"], "annotation", report):
         image_id = ann.get("image_id")
         if not _is_int(image_id) or (image_id not in images and image_id not in bad_image_ids):
             problem = f"image_id {image_id!r} is not the id of any entry in `images`"
-        elif ann_counts[ann_id] > 1:
-            problem = f"annotation id {ann_id} is used by {ann_counts[ann_id]} entries"
+        elif id_count > 1:
+            problem = f"annotation id {ann_id} is used by {id_count} entries"
         elif image_id in bad_image_ids:
             # Dropped with its image; the image's problem is already reported.
             report.dropped_annotations += 1

@@ -1,6 +1,6 @@
 """ResNet backbones that return multi-stage feature maps together with their padding masks.
 
-Two families are supported:
+Three families are supported:
 
 * torchvision ResNets (``resnet18`` ... ``wide_resnet101_2``), built with ``weights=None`` and, by default,
   :class:`torchvision.ops.FrozenBatchNorm2d`. ImageNet weights are loaded only from a local file.
@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -25,6 +24,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
 from detrlab.models.configurable_resnet import ConfigurableResNet
+from detrlab.models.geometry import downsample_padding_mask
+from detrlab.models.weights_file import require_weights_file
 
 TORCHVISION_RESNETS = (
     "resnet18",
@@ -125,14 +126,7 @@ def _pretrained_hint(name: str) -> str:
 
 def _pretrained_file(path: str, name: str) -> Path:
     """Resolve the weights path, failing early (before building the network) when it does not exist."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"backbone weights file not found: {str(file)!r}. Weights are never downloaded here: "
-            f"download {_pretrained_hint(name)} on a machine with internet and pass "
-            "model.detector.backbone.pretrained=/path/to/file (or pretrained=null for random init)."
-        )
-    return file
+    return require_weights_file(path, "backbone", _pretrained_hint(name))
 
 
 def _load_pretrained(model: nn.Module, file: Path, name: str) -> None:
@@ -287,6 +281,5 @@ class ResNetBackbone(nn.Module):
         out = []
         for s in self.return_stages:
             feat = features[str(s)]
-            feat_mask = F.interpolate(mask[:, None].float(), size=feat.shape[-2:], mode="nearest")
-            out.append((feat, feat_mask[:, 0].bool()))
+            out.append((feat, downsample_padding_mask(mask, feat.shape[-2:])))
         return out

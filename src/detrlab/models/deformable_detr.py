@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torchvision.ops import MLP
 
-from detrlab.models.deformable_layers import inverse_sigmoid
 from detrlab.models.deformable_transformer import DeformableTransformer
+from detrlab.models.detector_outputs import check_detector_sizes, decoder_predictions
+from detrlab.models.geometry import refine_boxes
 from detrlab.models.input_projection import MultiScaleProjection
 from detrlab.models.inputs import check_detector_inputs
 from detrlab.models.position import PositionEmbeddingSine
@@ -28,17 +29,17 @@ class DeformableDETR(nn.Module):
             (e.g. a ResNet returning stages 2-4, or :class:`~detrlab.models.swin.SwinBackbone`).
         num_classes: object classes C.
         num_queries: decoder queries (two-stage: selected proposals; capped at the token count).
-        hidden_dim, nheads, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout: sizes.
+        hidden_dim, nheads, num_decoder_layers: transformer width, heads and decoder depth.
         num_feature_levels: levels; extra stride-2 levels are added after the backbone's.
-        enc_n_points, dec_n_points: sampling points per head and level.
         with_box_refine: every decoder layer refines the previous layer's boxes with its own heads.
         two_stage: queries from the encoder's best proposals (needs ``with_box_refine``).
-        add_proposal_features: DETA: add the proposals' encoder features to the query content.
-        assign_first_stage: DETA: pick proposals by per-level NMS (``pre_nms_topk``, ``proposal_nms_iou``).
         aux_loss: return the predictions of earlier decoder layers in ``aux_outputs``.
-        attention_implementation: "auto" / "pytorch" / "compiled" deformable sampling.
-        encoder_ffn_recompute: encoder layers whose feed-forward hidden activation is recomputed in
-            backward (less training memory, one extra projection per layer; same results).
+        **transformer_options: the other :class:`~detrlab.models.deformable_transformer.DeformableTransformer`
+            arguments, with its defaults: ``num_encoder_layers``, ``dim_feedforward``, ``dropout``,
+            ``enc_n_points`` / ``dec_n_points`` (sampling points per head and level),
+            ``add_proposal_features`` and ``assign_first_stage`` (DETA: proposal features in the queries,
+            per-level NMS proposal selection with ``pre_nms_topk`` / ``proposal_nms_iou``),
+            ``attention_implementation`` and ``encoder_ffn_recompute``.
     """
 
     def __init__(
@@ -48,33 +49,20 @@ class DeformableDETR(nn.Module):
         num_queries: int = 300,
         hidden_dim: int = 256,
         nheads: int = 8,
-        num_encoder_layers: int = 6,
         num_decoder_layers: int = 6,
-        dim_feedforward: int = 1024,
-        dropout: float = 0.1,
         num_feature_levels: int = 4,
-        enc_n_points: int = 4,
-        dec_n_points: int = 4,
         with_box_refine: bool = False,
         two_stage: bool = False,
-        add_proposal_features: bool = False,
-        assign_first_stage: bool = False,
-        pre_nms_topk: int = 1000,
-        proposal_nms_iou: float = 0.9,
         aux_loss: bool = True,
-        attention_implementation: str = "auto",
-        encoder_ffn_recompute: int = 0,
+        **transformer_options: Any,
     ) -> None:
         super().__init__()
-        if num_classes < 1 or num_queries < 1:
-            raise ValueError(f"num_classes and num_queries must be >= 1, got {num_classes} and {num_queries}")
+        check_detector_sizes(num_classes, num_queries, hidden_dim)
         if two_stage and not with_box_refine:
             raise ValueError(
                 "two_stage=True needs with_box_refine=True: the encoder proposal head is the extra, "
                 "unshared box head that refinement creates"
             )
-        if hidden_dim % 2:
-            raise ValueError(f"hidden_dim must be even (half of it encodes y, half x), got {hidden_dim}")
         self.backbone = backbone
         # Positions centred on the cells (offset -0.5), normalized to the valid extent.
         self.position_encoding = PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=-0.5)
@@ -82,21 +70,11 @@ class DeformableDETR(nn.Module):
         self.transformer = DeformableTransformer(
             d_model=hidden_dim,
             nhead=nheads,
-            num_encoder_layers=num_encoder_layers,
             num_decoder_layers=num_decoder_layers,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
             num_feature_levels=num_feature_levels,
-            enc_n_points=enc_n_points,
-            dec_n_points=dec_n_points,
             num_queries=num_queries,
             two_stage=two_stage,
-            add_proposal_features=add_proposal_features,
-            assign_first_stage=assign_first_stage,
-            pre_nms_topk=pre_nms_topk,
-            proposal_nms_iou=proposal_nms_iou,
-            attention_implementation=attention_implementation,
-            encoder_ffn_recompute=encoder_ffn_recompute,
+            **transformer_options,
         )
         class_head = nn.Linear(hidden_dim, num_classes)
         # Focal-loss prior: every class starts at probability 0.01 so the many negatives do not swamp training.
@@ -162,21 +140,10 @@ class DeformableDETR(nn.Module):
         logits, boxes = [], []
         for lid in range(num_dec):
             hidden = t["hidden"][lid]
-            reference = inverse_sigmoid(t["references"][lid])
-            delta = self._head(self.bbox_embed, lid)(hidden)
-            if reference.shape[-1] == 4:
-                box_unact = delta + reference
-            else:
-                box_unact = torch.cat((delta[..., :2] + reference, delta[..., 2:]), -1)
+            box_unact = refine_boxes(self._head(self.bbox_embed, lid)(hidden), t["references"][lid])
             logits.append(self._head(self.class_embed, lid)(hidden))
             boxes.append(box_unact.sigmoid())
-        out = {
-            "pred_logits": logits[-1],
-            "pred_boxes": boxes[-1],
-            "aux_outputs": [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
-            if self.aux_loss
-            else [],
-        }
+        out = decoder_predictions(logits, boxes, self.aux_loss)
         if self.two_stage:
             out["enc_outputs"] = {
                 "pred_logits": t["enc_logits"],
@@ -189,38 +156,24 @@ class DeformableDETR(nn.Module):
 
 
 class DETA(DeformableDETR):
-    """DETA (Ouyang-Zhang et al. 2022): two-stage Deformable DETR with box refinement, 5 levels, 900
-    queries, FFN 2048, no dropout, proposal features added to the queries and NMS proposal selection.
+    """DETA (Ouyang-Zhang et al. 2022): two-stage Deformable DETR with box refinement whose queries
+    also carry the selected proposals' encoder features.
 
-    Identical to :class:`DeformableDETR` with these defaults (each can still be overridden); trained
-    with IoU-based assignment (see the deformable criterion's ``assign_first_stage`` /
-    ``assign_second_stage``). Without ``assign_first_stage`` it is the "improved Deformable DETR" baseline.
+    Those three are what makes the architecture DETA, so they are not arguments. Its training
+    assigns predictions by IoU and selects the proposals by per-level NMS (``assign_first_stage``,
+    switched on by ``model/assigner=deta``); without NMS selection it is the "improved Deformable
+    DETR" baseline. The paper's sizes (900 queries, 5 levels, FFN 2048, no dropout) are the
+    ``conf/model/deta_r50.yaml`` recipe; every other argument is :class:`DeformableDETR`'s.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int,
-        num_queries: int = 900,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.0,
-        num_feature_levels: int = 5,
-        with_box_refine: bool = True,
-        two_stage: bool = True,
-        add_proposal_features: bool = True,
-        assign_first_stage: bool = True,
-        **kwargs,
-    ) -> None:
-        super().__init__(
-            backbone,
-            num_classes,
-            num_queries=num_queries,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
-            num_feature_levels=num_feature_levels,
-            with_box_refine=with_box_refine,
-            two_stage=two_stage,
-            add_proposal_features=add_proposal_features,
-            assign_first_stage=assign_first_stage,
-            **kwargs,
-        )
+    #: The architecture choices that define DETA.
+    DEFINING_OPTIONS = {"with_box_refine": True, "two_stage": True, "add_proposal_features": True}
+
+    def __init__(self, backbone: nn.Module, num_classes: int, **options: Any) -> None:
+        fixed = sorted(set(options) & set(self.DEFINING_OPTIONS))
+        if fixed:
+            raise ValueError(
+                f"DETA got {', '.join(fixed)}: DETA is always two-stage with box refinement and proposal "
+                "features; for other variants use DeformableDETR (model=deformable_detr_r50)"
+            )
+        super().__init__(backbone, num_classes, **self.DEFINING_OPTIONS, **options)

@@ -10,23 +10,17 @@ from torch import Tensor, nn
 
 from detrlab.models.deformable_attention import MultiScaleDeformableAttention
 from detrlab.models.fused_ffn import linear_relu_linear
+from detrlab.models.geometry import refine_boxes
 
 __all__ = [
     "DeformableDecoder",
     "DeformableDecoderLayer",
     "DeformableEncoder",
     "DeformableEncoderLayer",
-    "inverse_sigmoid",
 ]
 
 
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``log(x / (1 - x))`` with ``x`` clamped to [0, 1] and both terms kept >= ``eps`` (finite everywhere)."""
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-class FeedForward(nn.Module):
+class ResidualFeedForward(nn.Module):
     """Linear -> ReLU -> dropout -> Linear -> dropout, added to the input, then LayerNorm.
 
     ``recompute_hidden`` (set per layer, see ``DeformableTransformer``'s ``encoder_ffn_recompute``)
@@ -55,25 +49,22 @@ class FeedForward(nn.Module):
 
 
 class DeformableEncoderLayer(nn.Module):
-    """Deformable self-attention over all levels, then a feed-forward block (both post-norm)."""
+    """Deformable self-attention over all levels, then a feed-forward block (both post-norm).
+
+    Args:
+        self_attn: the deformable attention (its ``embed_dim`` is the layer's width).
+        dim_feedforward, dropout: feed-forward width and dropout of every residual branch.
+    """
 
     def __init__(
-        self,
-        d_model: int = 256,
-        dim_feedforward: int = 1024,
-        dropout: float = 0.1,
-        num_levels: int = 4,
-        num_heads: int = 8,
-        num_points: int = 4,
-        attention_implementation: str = "auto",
+        self, self_attn: MultiScaleDeformableAttention, dim_feedforward: int = 1024, dropout: float = 0.1
     ) -> None:
         super().__init__()
-        self.self_attn = MultiScaleDeformableAttention(
-            d_model, num_heads, num_levels, num_points, attention_implementation
-        )
+        d_model = self_attn.embed_dim
+        self.self_attn = self_attn
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+        self.ffn = ResidualFeedForward(d_model, dim_feedforward, dropout)
 
     def forward(
         self,
@@ -134,28 +125,26 @@ class DeformableEncoder(nn.Module):
 
 
 class DeformableDecoderLayer(nn.Module):
-    """Query self-attention, deformable cross-attention into the encoder memory, feed-forward (post-norm)."""
+    """Query self-attention, deformable cross-attention into the encoder memory, feed-forward (post-norm).
+
+    Args:
+        cross_attn: the deformable attention into the memory (its ``embed_dim`` and ``num_heads``
+            are also the query self-attention's).
+        dim_feedforward, dropout: feed-forward width and dropout of every residual branch.
+    """
 
     def __init__(
-        self,
-        d_model: int = 256,
-        dim_feedforward: int = 1024,
-        dropout: float = 0.1,
-        num_levels: int = 4,
-        num_heads: int = 8,
-        num_points: int = 4,
-        attention_implementation: str = "auto",
+        self, cross_attn: MultiScaleDeformableAttention, dim_feedforward: int = 1024, dropout: float = 0.1
     ) -> None:
         super().__init__()
+        d_model, num_heads = cross_attn.embed_dim, cross_attn.num_heads
         self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
         self.self_attn_dropout = nn.Dropout(dropout)
         self.self_attn_norm = nn.LayerNorm(d_model)
-        self.cross_attn = MultiScaleDeformableAttention(
-            d_model, num_heads, num_levels, num_points, attention_implementation
-        )
+        self.cross_attn = cross_attn
         self.cross_attn_dropout = nn.Dropout(dropout)
         self.cross_attn_norm = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+        self.ffn = ResidualFeedForward(d_model, dim_feedforward, dropout)
 
     def forward(
         self,
@@ -233,12 +222,6 @@ class DeformableDecoder(nn.Module):
             )
             hidden.append(tgt)
             if box_heads is not None:
-                delta = box_heads[lid](tgt)
-                if reference_points.shape[-1] == 4:
-                    refined = delta + inverse_sigmoid(reference_points)
-                else:
-                    refined = torch.cat(
-                        (delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]), -1
-                    )
+                refined = refine_boxes(box_heads[lid](tgt), reference_points)
                 reference_points = refined.sigmoid().detach()
         return torch.stack(hidden), references

@@ -14,6 +14,8 @@ from detrlab.models.deformable_layers import (
     DeformableEncoder,
     DeformableEncoderLayer,
 )
+from detrlab.models.geometry import level_valid_ratios
+from detrlab.models.initialization import xavier_uniform_weight_matrices
 from detrlab.models.proposals import encoder_anchors, proposal_position_embedding, select_two_stage_proposals
 
 
@@ -79,14 +81,19 @@ class DeformableTransformer(nn.Module):
         self.assign_first_stage = assign_first_stage
         self.pre_nms_topk = pre_nms_topk
         self.proposal_nms_iou = proposal_nms_iou
-        layer_args = (d_model, dim_feedforward, dropout, num_feature_levels, nhead)
+
+        def attention(num_points: int) -> MultiScaleDeformableAttention:
+            return MultiScaleDeformableAttention(
+                d_model, nhead, num_feature_levels, num_points, attention_implementation
+            )
+
         self.encoder = DeformableEncoder(
-            DeformableEncoderLayer(*layer_args, enc_n_points, attention_implementation), num_encoder_layers
+            DeformableEncoderLayer(attention(enc_n_points), dim_feedforward, dropout), num_encoder_layers
         )
         for layer in self.encoder.layers[:encoder_ffn_recompute]:
             layer.ffn.recompute_hidden = True
         self.decoder = DeformableDecoder(
-            DeformableDecoderLayer(*layer_args, dec_n_points, attention_implementation), num_decoder_layers
+            DeformableDecoderLayer(attention(dec_n_points), dim_feedforward, dropout), num_decoder_layers
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         if two_stage:
@@ -104,9 +111,7 @@ class DeformableTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_uniform_weight_matrices(self)
         for m in self.modules():
             if isinstance(m, MultiScaleDeformableAttention):
                 m.reset_parameters()
@@ -116,16 +121,8 @@ class DeformableTransformer(nn.Module):
             nn.init.normal_(self.query_embed.weight)
         nn.init.normal_(self.level_embed)
 
-    @staticmethod
-    def valid_ratios(masks: Sequence[Tensor]) -> Tensor:
-        """[B, L, 2] fraction (w, h) of each level that is not padding (padding is bottom/right)."""
-        ratios = []
-        for mask in masks:
-            _, h, w = mask.shape
-            valid_h = (~mask[:, :, 0]).sum(1).float() / h
-            valid_w = (~mask[:, 0, :]).sum(1).float() / w
-            ratios.append(torch.stack((valid_w, valid_h), -1))
-        return torch.stack(ratios, 1)
+    #: ``[B, L, 2]`` valid (unpadded) fraction (w, h) of each level's mask.
+    valid_ratios = staticmethod(level_valid_ratios)
 
     def forward(
         self,

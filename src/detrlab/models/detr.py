@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.ops import MLP
 
+from detrlab.models.detector_outputs import check_detector_sizes, decoder_predictions
 from detrlab.models.inputs import check_detector_inputs
 from detrlab.models.position import build_position_encoding
 from detrlab.models.transformer import Transformer
@@ -46,10 +47,7 @@ class DETR(nn.Module):
         normalize_before: bool = False,
     ) -> None:
         super().__init__()
-        if num_classes < 1 or num_queries < 1:
-            raise ValueError(f"num_classes and num_queries must be >= 1, got {num_classes} and {num_queries}")
-        if hidden_dim % 2:
-            raise ValueError(f"hidden_dim must be even (half of it encodes y, half x), got {hidden_dim}")
+        check_detector_sizes(num_classes, num_queries, hidden_dim)
         self.backbone = backbone
         self.position_encoding = build_position_encoding(position_encoding, hidden_dim // 2)
         self.transformer = Transformer(
@@ -90,9 +88,4 @@ class DETR(nn.Module):
 
         logits = self.class_embed(hs)  # [L, B, Q, C+1]
         boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
-        aux = [{"pred_logits": lg, "pred_boxes": bx} for lg, bx in zip(logits[:-1], boxes[:-1])]
-        return {
-            "pred_logits": logits[-1],
-            "pred_boxes": boxes[-1],
-            "aux_outputs": aux if self.aux_loss else [],
-        }
+        return decoder_predictions(logits, boxes, self.aux_loss)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from detrlab.models.geometry import downsample_padding_mask
 
 
 class MultiScaleProjection(nn.Module):
@@ -71,8 +72,6 @@ class MultiScaleProjection(nn.Module):
         src = features[-1][0]
         for proj in self.extra:
             src = proj(src)
-            mask = F.interpolate(image_mask[:, None].float(), size=src.shape[-2:], mode="nearest")[
-                :, 0
-            ].bool()
+            mask = downsample_padding_mask(image_mask, src.shape[-2:])
             out.append((src, mask))
         return out

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import timm
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from detrlab.models.geometry import downsample_padding_mask
+from detrlab.models.weights_file import require_weights_file
 
 # Architecture hyper-parameters live in timm's model names; these are the ones the configs use.
 SWIN_MODELS = {
@@ -72,13 +74,7 @@ class SwinBackbone(nn.Module):
         }
         kwargs.update({key: value for key, value in architecture.items() if value is not None})
         if pretrained is not None:
-            file = Path(pretrained).expanduser()
-            if not file.is_file():
-                raise FileNotFoundError(
-                    f"Swin weights file not found: {str(file)!r}. Weights are never downloaded here: fetch the "
-                    f"timm checkpoint of {timm_name!r} on a machine with internet and pass "
-                    "model.detector.backbone.pretrained=/path/to/file (or pretrained=null for random init)."
-                )
+            file = require_weights_file(pretrained, "Swin", f"the timm checkpoint of {timm_name!r}")
             kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(file)})
         self.body = timm.create_model(
             timm_name,
@@ -115,6 +111,5 @@ class SwinBackbone(nn.Module):
         for feat, norm in zip(self.body(images), self.norms):
             # timm Swin stages are channels-last.
             feat = norm(feat).permute(0, 3, 1, 2).contiguous()
-            feat_mask = F.interpolate(mask[:, None].float(), size=feat.shape[-2:], mode="nearest")
-            out.append((feat, feat_mask[:, 0].bool()))
+            out.append((feat, downsample_padding_mask(mask, feat.shape[-2:])))
         return out

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
+from detrlab.models.initialization import xavier_uniform_weight_matrices
 from detrlab.models.transformer_layers import TransformerDecoderLayer, TransformerEncoderLayer
 
 
@@ -66,10 +69,10 @@ class Transformer(nn.Module):
         nhead: attention heads.
         num_encoder_layers: encoder depth (0 allowed: the memory is then the input features).
         num_decoder_layers: decoder depth (at least 1).
-        dim_feedforward: hidden width of the feed-forward blocks.
-        dropout: dropout in attention and feed-forward blocks.
-        activation: "relu" or "gelu".
         normalize_before: pre-norm layers (and a final encoder LayerNorm) instead of post-norm.
+        **layer_options: the other arguments of every layer (:class:`~detrlab.models.transformer_layers.ResidualLayer`):
+            ``dim_feedforward`` (2048, hidden width of the feed-forward blocks), ``dropout`` (0.1, in
+            attention and feed-forward blocks) and ``activation`` ("relu" or "gelu").
     """
 
     def __init__(
@@ -78,10 +81,8 @@ class Transformer(nn.Module):
         nhead: int = 8,
         num_encoder_layers: int = 6,
         num_decoder_layers: int = 6,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        activation: str = "relu",
         normalize_before: bool = False,
+        **layer_options: Any,
     ) -> None:
         super().__init__()
         if d_model % nhead:
@@ -91,24 +92,24 @@ class Transformer(nn.Module):
                 f"need num_decoder_layers >= 1 and num_encoder_layers >= 0, got "
                 f"{num_decoder_layers} and {num_encoder_layers}"
             )
-        layer_args = (d_model, nhead, dim_feedforward, dropout, activation, normalize_before)
+        layer_args = {
+            "d_model": d_model,
+            "nhead": nhead,
+            "normalize_before": normalize_before,
+            **layer_options,
+        }
         self.encoder = TransformerEncoder(
-            [TransformerEncoderLayer(*layer_args) for _ in range(num_encoder_layers)],
+            [TransformerEncoderLayer(**layer_args) for _ in range(num_encoder_layers)],
             # Pre-norm layers leave their output un-normalized, so the stack needs a closing norm.
             norm=nn.LayerNorm(d_model) if normalize_before else None,
         )
         self.decoder = TransformerDecoder(
-            [TransformerDecoderLayer(*layer_args) for _ in range(num_decoder_layers)],
+            [TransformerDecoderLayer(**layer_args) for _ in range(num_decoder_layers)],
             norm=nn.LayerNorm(d_model),
         )
         self.d_model = d_model
         self.nhead = nhead
-        self._reset_parameters()
-
-    def _reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_uniform_weight_matrices(self)
 
     def forward(
         self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor

@@ -27,8 +27,9 @@ def with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
 
 
-class FeedForward(nn.Module):
-    """Position-wise MLP ``d -> dim_feedforward -> d`` with dropout after the activation."""
+class FeedForwardMLP(nn.Module):
+    """Position-wise MLP ``d -> dim_feedforward -> d`` with dropout after the activation; no residual or
+    norm (the layer adds those, pre- or post-norm)."""
 
     def __init__(self, d_model: int, dim_feedforward: int, dropout: float, activation: str) -> None:
         super().__init__()
@@ -42,8 +43,22 @@ class FeedForward(nn.Module):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
 
-class TransformerEncoderLayer(nn.Module):
-    """Self-attention + feed-forward block, post-norm by default (``normalize_before`` for pre-norm)."""
+class ResidualLayer(nn.Module):
+    """Attention blocks and a feed-forward block, each residual with dropout and a LayerNorm.
+
+    Post-norm (``x = norm(x + dropout(f(x)))``) by default, pre-norm
+    (``x = x + dropout(f(norm(x)))``) with ``normalize_before``. Block ``i`` (1-based) owns
+    ``norm{i}`` and ``dropout{i}``: self-attention, then the cross-attention of subclasses with
+    ``with_cross_attention``, then the feed-forward block.
+
+    Args:
+        d_model, nhead: width and heads of every attention.
+        dim_feedforward, dropout, activation: the feed-forward block and the dropout of every block.
+        normalize_before: pre-norm instead of post-norm.
+    """
+
+    #: Whether the layer also attends to a memory (``cross_attn``, a third residual block).
+    with_cross_attention = False
 
     def __init__(
         self,
@@ -56,12 +71,26 @@ class TransformerEncoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        if self.with_cross_attention:
+            self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        num_blocks = 3 if self.with_cross_attention else 2
+        self.ffn = FeedForwardMLP(d_model, dim_feedforward, dropout, activation)
+        for i in range(1, num_blocks + 1):
+            self.add_module(f"norm{i}", nn.LayerNorm(d_model))
+        for i in range(1, num_blocks + 1):
+            self.add_module(f"dropout{i}", nn.Dropout(dropout))
         self.normalize_before = normalize_before
+
+    def residual(self, block: int, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        """``x`` [B, N, d] updated by ``sublayer`` as residual block ``block`` (its norm and dropout)."""
+        norm, dropout = getattr(self, f"norm{block}"), getattr(self, f"dropout{block}")
+        if self.normalize_before:
+            return x + dropout(sublayer(norm(x)))
+        return norm(x + dropout(sublayer(x)))
+
+
+class TransformerEncoderLayer(ResidualLayer):
+    """Self-attention + feed-forward block, post-norm by default (``normalize_before`` for pre-norm)."""
 
     def forward(
         self, src: Tensor, pos: Tensor | None = None, key_padding_mask: Tensor | None = None
@@ -76,43 +105,19 @@ class TransformerEncoderLayer(nn.Module):
         Returns:
             [B, N, d].
         """
-        x = self.norm1(src) if self.normalize_before else src
-        q = k = with_pos(x, pos)
-        attn = self.self_attn(q, k, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
-        src = src + self.dropout1(attn)
-        if not self.normalize_before:
-            src = self.norm1(src)
 
-        x = self.norm2(src) if self.normalize_before else src
-        src = src + self.dropout2(self.ffn(x))
-        if not self.normalize_before:
-            src = self.norm2(src)
-        return src
+        def self_attention(x: Tensor) -> Tensor:
+            q = k = with_pos(x, pos)
+            return self.self_attn(q, k, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+
+        src = self.residual(1, src, self_attention)
+        return self.residual(2, src, self.ffn)
 
 
-class TransformerDecoderLayer(nn.Module):
+class TransformerDecoderLayer(ResidualLayer):
     """Query self-attention, cross-attention to the encoder memory, then feed-forward."""
 
-    def __init__(
-        self,
-        d_model: int,
-        nhead: int,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        normalize_before: bool = False,
-    ) -> None:
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout, activation)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
+    with_cross_attention = True
 
     def forward(
         self,
@@ -135,28 +140,20 @@ class TransformerDecoderLayer(nn.Module):
         Returns:
             [B, Q, d].
         """
-        pre = self.normalize_before
 
-        x = self.norm1(tgt) if pre else tgt
-        q = k = with_pos(x, query_pos)
-        tgt = tgt + self.dropout1(self.self_attn(q, k, x, need_weights=False)[0])
-        if not pre:
-            tgt = self.norm1(tgt)
+        def self_attention(x: Tensor) -> Tensor:
+            q = k = with_pos(x, query_pos)
+            return self.self_attn(q, k, x, need_weights=False)[0]
 
-        x = self.norm2(tgt) if pre else tgt
-        attn = self.cross_attn(
-            with_pos(x, query_pos),
-            with_pos(memory, pos),
-            memory,
-            key_padding_mask=memory_key_padding_mask,
-            need_weights=False,
-        )[0]
-        tgt = tgt + self.dropout2(attn)
-        if not pre:
-            tgt = self.norm2(tgt)
+        def cross_attention(x: Tensor) -> Tensor:
+            return self.cross_attn(
+                with_pos(x, query_pos),
+                with_pos(memory, pos),
+                memory,
+                key_padding_mask=memory_key_padding_mask,
+                need_weights=False,
+            )[0]
 
-        x = self.norm3(tgt) if pre else tgt
-        tgt = tgt + self.dropout3(self.ffn(x))
-        if not pre:
-            tgt = self.norm3(tgt)
-        return tgt
+        tgt = self.residual(1, tgt, self_attention)
+        tgt = self.residual(2, tgt, cross_attention)
+        return self.residual(3, tgt, self.ffn)

@@ -21,7 +21,7 @@ def find_last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     """The most recently written ``last*.ckpt`` in ``checkpoint_dir`` (``None`` when there is none).
 
     ``last.ckpt`` is written by ``ModelCheckpoint(save_last=True)`` after each epoch and by the
-    preemption callback on SIGTERM; Lightning names a second copy ``last-v1.ckpt``.
+    stop callback on Ctrl-C / SIGTERM; Lightning names a second copy ``last-v1.ckpt``.
     """
     directory = Path(checkpoint_dir)
     if not directory.is_dir():
