@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _source_packages() -> set[str]:
     src = ROOT / "src"
-    found = {
-        ".".join(init.parent.relative_to(src).parts) for init in src.rglob("__init__.py")
-    }
+    found = {".".join(init.parent.relative_to(src).parts) for init in src.rglob("__init__.py")}
     return found | {"detrlab_ops"}
 
 
@@ -20,7 +19,9 @@ def test_pyproject_lists_every_package():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     missing = _source_packages() - listed
-    assert not missing, f"add these packages to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
+    assert not missing, (
+        f"add these packages to [tool.setuptools] packages in pyproject.toml: {sorted(missing)}"
+    )
     assert config["package-dir"]["detrlab_ops"] == "ops"
 
 
