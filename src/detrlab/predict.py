@@ -124,7 +124,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fill_from_checkpoint(cfg, checkpoint)
     resolve_num_classes(cfg.data)
     device = _select_device(cfg.get("device", "auto"))
-    model = model_from_checkpoint(cfg.model, checkpoint).eval().to(device)
+    averaged = cfg.get("use_averaged_weights", True)
+    model = model_from_checkpoint(cfg.model, checkpoint, use_averaged=averaged).eval().to(device)
     datamodule = build_datamodule(cfg.data)
     if not hasattr(datamodule, "eval_transform"):
         raise ConfigError(

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -20,6 +21,7 @@ from detrlab.builders import (
 )
 from detrlab.config_validation import validate_run_config
 from detrlab.initial_weights import load_initial_weights
+from detrlab.results_plot import write_results_plot
 from detrlab.utils.config_tree import print_config_tree
 from detrlab.utils.model_summary import count_parameters
 from detrlab.utils.resume import stored_tracking_ids
@@ -71,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
     if trainer.is_global_zero:
         report_final_metrics(metrics, trainer)
+        plot_run_results(trainer, output_dir / "results.png")
     return metrics
 
 
@@ -104,6 +107,23 @@ def save_resolved_config(cfg: DictConfig, path: Path) -> None:
         if key != "hydra"
     }
     OmegaConf.save(OmegaConf.create(resolved), path)
+
+
+def plot_run_results(trainer: L.Trainer, path: Path) -> Path | None:
+    """Draw the CSV logger's ``metrics.csv`` (losses and COCO metrics per epoch) into ``path``.
+
+    Runs without a CSV logger, or whose logger wrote nothing (``fast_dev_run``), get no picture.
+    """
+    csv_files = [
+        Path(logger.log_dir) / "metrics.csv" for logger in trainer.loggers if isinstance(logger, CSVLogger)
+    ]
+    existing = [file for file in csv_files if file.is_file()]
+    if not existing:
+        log.info("No metrics.csv was written (add logger=csv to the command), so there is no results.png.")
+        return None
+    write_results_plot(existing[0], path)
+    log.info("Losses and COCO metrics per epoch drawn to %s", path)
+    return path
 
 
 def report_final_metrics(metrics: dict[str, float], trainer: L.Trainer) -> None:
