@@ -33,7 +33,9 @@ def _unwrap(state: Mapping[str, Any]) -> dict[str, Tensor] | None:
     return tensors
 
 
-def select_model_state(checkpoint: Mapping[str, Any], use_averaged: bool = True) -> tuple[dict[str, Tensor], str] | None:
+def select_model_state(
+    checkpoint: Mapping[str, Any], use_averaged: bool = True
+) -> tuple[dict[str, Tensor], str] | None:
     """The state dict to convert and a description of which one it is, or None when there is none.
 
     Args:
