@@ -1,0 +1,41 @@
+"""The EMA callback's decay warmup, its update function and its argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from detrlab.callbacks import ExponentialMovingAverage
+from detrlab.callbacks.ema import warmup_decay, warmup_ema_update
+from detrlab.errors import ConfigError
+
+
+def test_decay_ramps_up_to_the_configured_value():
+    assert warmup_decay(0.9999, 2000, 1) == pytest.approx(0.9999 * (1 - math.exp(-1 / 2000)))
+    assert warmup_decay(0.9999, 2000, 2000) == pytest.approx(0.9999 * (1 - math.exp(-1)))
+    assert warmup_decay(0.9999, 2000, 100_000) == pytest.approx(0.9999, abs=1e-12)
+    assert warmup_decay(0.99, 0, 1) == 0.99
+
+
+def test_averaged_model_follows_the_formula_and_copies_integer_buffers():
+    model = torch.nn.BatchNorm1d(3)
+    averaged = AveragedModel(model, multi_avg_fn=warmup_ema_update(0.5, 0), use_buffers=True)
+    expected = None
+    for step in range(1, 4):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+            model.num_batches_tracked.fill_(10 * step)
+        averaged.update_parameters(model)
+        expected = 1.0 if expected is None else 0.5 * expected + 0.5 * step
+        torch.testing.assert_close(averaged.module.weight, torch.full((3,), expected))
+        assert int(averaged.module.num_batches_tracked) == 10 * step
+    assert expected == pytest.approx(2.25)
+
+
+@pytest.mark.parametrize("kwargs", [{"decay": 1.0}, {"decay": -0.1}, {"warmup_steps": -1}])
+def test_bad_arguments_name_the_key(kwargs):
+    with pytest.raises(ConfigError, match=r"callbacks\.ema"):
+        ExponentialMovingAverage(**kwargs)
