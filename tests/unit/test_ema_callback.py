@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from detrlab.builders import build_callbacks
 from detrlab.callbacks import ExponentialMovingAverage
 from detrlab.callbacks.ema import warmup_decay, warmup_ema_update
 from detrlab.errors import ConfigError
+from tests.helpers import compose_config
 
 
 def test_decay_ramps_up_to_the_configured_value():
@@ -39,3 +41,18 @@ def test_averaged_model_follows_the_formula_and_copies_integer_buffers():
 def test_bad_arguments_name_the_key(kwargs):
     with pytest.raises(ConfigError, match=r"callbacks\.ema"):
         ExponentialMovingAverage(**kwargs)
+
+
+def test_ema_is_off_by_default_and_one_switch_turns_it_on(tmp_path):
+    assert not any(isinstance(c, ExponentialMovingAverage) for c in _callbacks(tmp_path))
+    (ema,) = [
+        c
+        for c in _callbacks(tmp_path, "ema=on", "callbacks.ema.decay=0.999")
+        if isinstance(c, ExponentialMovingAverage)
+    ]
+    assert (ema.decay, ema.warmup_steps) == (0.999, 2000)
+
+
+def _callbacks(tmp_path, *overrides: str) -> list:
+    cfg = compose_config("train", list(overrides), tmp_path)
+    return build_callbacks(cfg.callbacks)
