@@ -11,14 +11,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detrlab.builders import build_model
 from detrlab.callbacks.config_in_checkpoint import CHECKPOINT_CONFIG_KEY
+from detrlab.callbacks.ema import RAW_WEIGHTS_KEY
 from detrlab.errors import CheckpointError, ConfigError
 from detrlab.module import DetectionModule
 
 log = logging.getLogger(__name__)
-
-#: Where a checkpoint written with ``callbacks.ema`` keeps the raw (not averaged) weights; its
-#: ``state_dict`` then holds the averaged ones (Lightning's ``WeightAveraging`` layout).
-RAW_WEIGHTS_KEY = "current_model_state"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from detrlab.builders import (
     resolve_num_classes,
     resolve_resume_path,
 )
+from detrlab.callbacks.ema import add_resume_guard
 from detrlab.config_validation import validate_run_config
 from detrlab.initial_weights import load_initial_weights
 from detrlab.results_plot import write_results_plot
@@ -57,7 +58,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         report = load_initial_weights(model.detector, cfg.model.init_from)
         log.info("%s", report.summary())
     log.info("Model: %s", count_parameters(model.detector))
-    callbacks = build_callbacks(cfg.get("callbacks"), run_config=cfg)
+    # Without ema=on, a checkpoint written with an EMA resumes from its raw weights, not the average.
+    callbacks = add_resume_guard(build_callbacks(cfg.get("callbacks"), run_config=cfg))
     ckpt_path = resolve_resume_path(cfg.get("ckpt_path"), checkpoint_dir=checkpoint_folder(cfg))
     if ckpt_path is not None:
         continue_tracking_run(cfg, ckpt_path)

@@ -165,3 +165,36 @@ def test_resume_with_ema_gives_the_uninterrupted_weights(ema_run, tmp_path, synt
         for name, weight in expected[key].items():
             torch.testing.assert_close(actual[key][name], weight, rtol=0, atol=1e-6, msg=f"{key}.{name}")
     assert int(actual["averaging_state"]["n_averaged"]) == int(expected["averaging_state"]["n_averaged"])
+
+
+class WeightsAtTrainStart(L.Callback):
+    """The weights training continues from, after the checkpoint was restored."""
+
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        WeightsAtTrainStart.seen.append(_float_weights(pl_module))
+
+
+def test_resuming_an_ema_checkpoint_without_ema_continues_the_raw_weights(
+    ema_run, tmp_path, synthetic_data_dir
+):
+    output_dir, recorder, _ = ema_run
+    cfg = compose_config(
+        "train",
+        [
+            *TINY_OVERRIDES,
+            f"paths.data_dir={synthetic_data_dir}",
+            "trainer.max_epochs=3",
+            f"ckpt_path={output_dir / 'checkpoints' / 'last.ckpt'}",
+        ],
+        output_dir=tmp_path,
+    )
+    with open_dict(cfg):
+        cfg.callbacks.start = {"_target_": f"{__name__}.WeightsAtTrainStart"}
+    WeightsAtTrainStart.seen.clear()
+    with pytest.warns(UserWarning, match="continues from its raw weights"):
+        train.run(cfg)
+    (start,) = WeightsAtTrainStart.seen
+    assert_weights_equal(start, recorder.after_step[-1])
+    assert_weights_differ(start, independent_ema(recorder.after_step))

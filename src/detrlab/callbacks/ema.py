@@ -18,9 +18,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.callbacks import Callback, WeightAveraging
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from detrlab.errors import ConfigError
+
+#: Where a checkpoint written with an EMA keeps the raw (not averaged) weights; its ``state_dict``
+#: then holds the averaged ones (the layout of Lightning's ``WeightAveraging``).
+RAW_WEIGHTS_KEY = "current_model_state"
 
 
 def warmup_decay(decay: float, warmup_steps: int, update_index: int) -> float:
@@ -102,8 +107,8 @@ class ExponentialMovingAverage(WeightAveraging):
         if self._average_model is not None and self._module_holds_average:
             # A save during validation (SIGTERM, Ctrl-C): the module holds the average and the
             # AveragedModel the raw weights, so the parent stored them under each other's key.
-            checkpoint["state_dict"], checkpoint["current_model_state"] = (
-                checkpoint["current_model_state"],
+            checkpoint["state_dict"], checkpoint[RAW_WEIGHTS_KEY] = (
+                checkpoint[RAW_WEIGHTS_KEY],
                 checkpoint["state_dict"],
             )
 
@@ -113,3 +118,30 @@ class ExponentialMovingAverage(WeightAveraging):
         if self._module_holds_average:
             self._swap_models(pl_module)
         super().on_train_end(trainer, pl_module)
+
+
+class RawWeightsOnResume(Callback):
+    """Resuming a checkpoint written with an EMA in a run without one: continue the raw weights.
+
+    Lightning restores the module from ``state_dict``, which in such a checkpoint is the average;
+    training would silently continue from the EMA instead of the trained weights. This callback
+    (added by the training run whenever no EMA callback is configured) reloads the raw weights.
+    """
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if RAW_WEIGHTS_KEY not in checkpoint:
+            return
+        pl_module.load_state_dict(checkpoint[RAW_WEIGHTS_KEY])
+        rank_zero_warn(
+            "The checkpoint was trained with ema=on but this run has no EMA: training continues from its raw "
+            "weights and the average is dropped. Add ema=on (with the same callbacks.ema settings) to keep it."
+        )
+
+
+def add_resume_guard(callbacks: list[Callback]) -> list[Callback]:
+    """``callbacks`` plus :class:`RawWeightsOnResume` unless a weight-averaging callback is among them."""
+    if any(isinstance(callback, WeightAveraging) for callback in callbacks):
+        return callbacks
+    return [*callbacks, RawWeightsOnResume()]
