@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
@@ -56,3 +57,34 @@ def test_ema_is_off_by_default_and_one_switch_turns_it_on(tmp_path):
 def _callbacks(tmp_path, *overrides: str) -> list:
     cfg = compose_config("train", list(overrides), tmp_path)
     return build_callbacks(cfg.callbacks)
+
+
+class _TinyRegression(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        return torch.nn.functional.mse_loss(self.layer(inputs), targets)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_one_update_per_optimizer_step_with_gradient_accumulation(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(12, 2), torch.randn(12, 1))
+    ema = ExponentialMovingAverage(decay=0.5, warmup_steps=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accumulate_grad_batches=2,
+        callbacks=[ema],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(_TinyRegression(), torch.utils.data.DataLoader(data, batch_size=2))
+    assert trainer.global_step == 3  # 6 batches, 2 per optimizer step
+    assert int(ema._average_model.n_averaged) == 3
