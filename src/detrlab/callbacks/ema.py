@@ -112,13 +112,6 @@ class ExponentialMovingAverage(WeightAveraging):
                 checkpoint["state_dict"],
             )
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Training can end right after a validation epoch was interrupted before its end hook;
-        # restore the raw weights first so the final copy starts from a consistent state.
-        if self._module_holds_average:
-            self._swap_models(pl_module)
-        super().on_train_end(trainer, pl_module)
-
 
 class RawWeightsOnResume(Callback):
     """Resuming a checkpoint written with an EMA in a run without one: continue the raw weights.
