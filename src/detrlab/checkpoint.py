@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from detrlab.builders import build_model
 from detrlab.callbacks.config_in_checkpoint import CHECKPOINT_CONFIG_KEY
+from detrlab.callbacks.ema import RAW_WEIGHTS_KEY
 from detrlab.errors import CheckpointError, ConfigError
 from detrlab.module import DetectionModule
+
+log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -40,10 +44,44 @@ def fill_from_checkpoint(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
                 cfg[key] = OmegaConf.create(stored[key])
 
 
-def model_from_checkpoint(cfg_model: DictConfig, checkpoint: dict[str, Any]) -> DetectionModule:
-    """Build ``cfg.model`` and load the checkpoint's weights into it (strictly: every key must match)."""
-    model = build_model(cfg_model)
+def load_trained_weights(
+    model: DetectionModule, checkpoint: dict[str, Any], use_averaged: bool = True
+) -> str:
+    """Load a detrlab checkpoint's weights into ``model``, the EMA ones when the run kept an average.
+
+    Every key must match (strict loading). Which weights were used is logged and returned, so
+    eval, predict and export can say what they evaluated.
+
+    Args:
+        model: the ``DetectionModule`` built from the checkpoint's model config.
+        checkpoint: a dict from :func:`load_checkpoint`.
+        use_averaged: ``True`` picks the averaged weights when the checkpoint has them (trained with
+            ``ema=on``), ``False`` the raw trained weights. Without an average both mean the same.
+
+    Returns:
+        ``"averaged"`` or ``"raw"``: the weights now in ``model``.
+    """
+    has_average = RAW_WEIGHTS_KEY in checkpoint
+    if has_average and not use_averaged:
+        model.load_state_dict(checkpoint[RAW_WEIGHTS_KEY])
+        log.info("Using the raw trained weights of the checkpoint (it also holds an EMA of them).")
+        return "raw"
     model.load_state_dict(checkpoint["state_dict"])
+    if has_average:
+        updates = checkpoint.get("averaging_state", {}).get("n_averaged")
+        count = f" over {int(updates)} updates" if updates is not None else ""
+        log.info("Using the checkpoint's exponential moving average (EMA) of the weights%s.", count)
+        return "averaged"
+    log.info("Using the checkpoint's trained weights (it holds no weight average).")
+    return "raw"
+
+
+def model_from_checkpoint(
+    cfg_model: DictConfig, checkpoint: dict[str, Any], use_averaged: bool = True
+) -> DetectionModule:
+    """Build ``cfg.model`` and load the checkpoint's weights (see :func:`load_trained_weights`)."""
+    model = build_model(cfg_model)
+    load_trained_weights(model, checkpoint, use_averaged=use_averaged)
     return model
 
 

@@ -32,7 +32,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print_config_tree(cfg)
 
     datamodule = build_datamodule(cfg.data)
-    model = model_from_checkpoint(cfg.model, checkpoint)
+    model = model_from_checkpoint(cfg.model, checkpoint, use_averaged=cfg.get("use_averaged_weights", True))
     trainer = build_trainer(cfg.trainer, callbacks=[], loggers=[])
     trainer.validate(model, datamodule=datamodule, verbose=False)
 

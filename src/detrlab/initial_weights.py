@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from detrlab.callbacks.ema import RAW_WEIGHTS_KEY
 from detrlab.errors import CheckpointError
 
 __all__ = ["InitReport", "load_initial_weights", "read_detector_weights"]
@@ -66,6 +67,10 @@ def read_detector_weights(source: str | Path) -> dict[str, Tensor]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
         if isinstance(state, dict) and any(key.startswith(_DETECTOR_PREFIX) for key in state):
+            if RAW_WEIGHTS_KEY in checkpoint:
+                log.info(
+                    "model.init_from=%s: starting from its exponential moving average (EMA) weights", path
+                )
             return {
                 key.removeprefix(_DETECTOR_PREFIX): value
                 for key, value in state.items()

@@ -131,7 +131,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     fill_from_checkpoint(cfg, checkpoint)
     resolve_num_classes(cfg.data)
-    model = model_from_checkpoint(cfg.model, checkpoint)
+    averaged = cfg.get("use_averaged_weights", True)
+    model = model_from_checkpoint(cfg.model, checkpoint, use_averaged=averaged)
     datamodule = build_datamodule(cfg.data)
     if not hasattr(datamodule, "eval_transform"):
         raise ConfigError(

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,8 +19,10 @@ from detrlab.builders import (
     resolve_num_classes,
     resolve_resume_path,
 )
+from detrlab.callbacks.ema import add_resume_guard
 from detrlab.config_validation import validate_run_config
 from detrlab.initial_weights import load_initial_weights
+from detrlab.results_plot import write_results_plot
 from detrlab.utils.config_tree import print_config_tree
 from detrlab.utils.model_summary import count_parameters
 from detrlab.utils.resume import stored_tracking_ids
@@ -55,7 +58,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         report = load_initial_weights(model.detector, cfg.init_from)
         log.info("%s", report.summary())
     log.info("Model: %s", count_parameters(model.detector))
-    callbacks = build_callbacks(cfg.get("callbacks"), run_config=cfg)
+    # Without ema=on, a checkpoint written with an EMA resumes from its raw weights, not the average.
+    callbacks = add_resume_guard(build_callbacks(cfg.get("callbacks"), run_config=cfg))
     ckpt_path = resolve_resume_path(cfg.get("ckpt_path"), checkpoint_dir=checkpoint_folder(cfg))
     resumed_runs = continued_tracking_runs(cfg, ckpt_path) if ckpt_path is not None else {}
     loggers = build_loggers(cfg.get("logger"), extra_arguments=resumed_runs)
@@ -70,6 +74,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
     if trainer.is_global_zero:
         report_final_metrics(metrics, trainer)
+        plot_run_results(trainer, output_dir / "results.png")
     return metrics
 
 
@@ -104,6 +109,23 @@ def save_resolved_config(cfg: DictConfig, path: Path) -> None:
         if key != "hydra"
     }
     OmegaConf.save(OmegaConf.create(resolved), path)
+
+
+def plot_run_results(trainer: L.Trainer, path: Path) -> Path | None:
+    """Draw the CSV logger's ``metrics.csv`` (losses and COCO metrics per epoch) into ``path``.
+
+    Runs without a CSV logger, or whose logger wrote nothing (``fast_dev_run``), get no picture.
+    """
+    csv_files = [
+        Path(logger.log_dir) / "metrics.csv" for logger in trainer.loggers if isinstance(logger, CSVLogger)
+    ]
+    existing = [file for file in csv_files if file.is_file()]
+    if not existing:
+        log.info("No metrics.csv was written (add logger=csv to the command), so there is no results.png.")
+        return None
+    write_results_plot(existing[0], path)
+    log.info("Losses and COCO metrics per epoch drawn to %s", path)
+    return path
 
 
 def report_final_metrics(metrics: dict[str, float], trainer: L.Trainer) -> None:

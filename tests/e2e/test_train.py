@@ -25,6 +25,8 @@ def test_run_writes_checkpoints_logs_and_resolved_config(tiny_train_cfg):
     output_dir = Path(tiny_train_cfg.paths.output_dir)
     assert (output_dir / "checkpoints" / "last.ckpt").is_file()
     assert (output_dir / "csv" / "metrics.csv").is_file()
+    # The losses and COCO metrics per epoch, drawn from that metrics.csv at the end of the run.
+    assert (output_dir / "results.png").read_bytes()[:4] == b"\x89PNG"
     resolved = (output_dir / "resolved_config.yaml").read_text()
     assert "num_classes: 3" in resolved  # interpolations resolved
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detrlab.convert.averaged_weights import select_model_state
 from detrlab.convert.detector_config import (
     ConvertedModel,
     deformable_module_config,
@@ -249,12 +250,14 @@ def read_original_checkpoint(path: Path) -> tuple[ConvertedModel, list[Rule], di
     """Model description, key rules and weights of an original-repository ``.pth`` file."""
     # The original checkpoints pickle an argparse Namespace next to the tensors.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("model"), Mapping):
+    selected = select_model_state(checkpoint) if isinstance(checkpoint, Mapping) else None
+    if selected is None:
         raise CheckpointConversionError(
             f"{path} is not an original DETR / Deformable DETR / DETA checkpoint: expected a dict with a "
             "'model' state dict (and usually 'args'). Hugging Face models are directories with config.json."
         )
-    state = dict(checkpoint["model"])
+    state, which_weights = selected
+    log.info("%s: converting its %s", path, which_weights)
     raw_args = checkpoint.get("args")
     if "transformer.level_embed" in state:
         converted, rules = _deformable(state, raw_args, path)
@@ -265,6 +268,8 @@ def read_original_checkpoint(path: Path) -> tuple[ConvertedModel, list[Rule], di
             f"{path}: the 'model' state dict has neither 'transformer.level_embed' (Deformable DETR / DETA) "
             "nor 'transformer.decoder.norm.weight' (DETR); it is not a detector checkpoint we can import."
         )
+    if which_weights.startswith("EMA"):
+        converted.source = f"{converted.source}, {which_weights}"
     if raw_args is None:
         log.warning("%s has no 'args'; hyper-parameters were inferred: %s", path, "; ".join(converted.notes))
     return converted, rules, state
