@@ -56,7 +56,7 @@ def test_ema_is_off_by_default_and_one_switch_turns_it_on(tmp_path):
 
 def _callbacks(tmp_path, *overrides: str) -> list:
     cfg = compose_config("train", list(overrides), tmp_path)
-    return build_callbacks(cfg.callbacks)
+    return build_callbacks(cfg.callbacks, run_config=cfg)
 
 
 class _TinyRegression(L.LightningModule):
