@@ -78,14 +78,8 @@ def _corner(x0, y0, lx, ly, inside, height, width, corner: tl.constexpr):
     dx: tl.constexpr = corner % 2
     dy: tl.constexpr = corner // 2
     # weight along x: lx for the right corner, 1 - lx for the left one (same for y)
-    if dx == 1:
-        wx = lx
-    else:
-        wx = 1.0 - lx
-    if dy == 1:
-        wy = ly
-    else:
-        wy = 1.0 - ly
+    wx = lx if dx == 1 else 1.0 - lx
+    wy = ly if dy == 1 else 1.0 - ly
     cx = x0 + dx
     cy = y0 + dy
     valid = inside & (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
@@ -141,9 +135,7 @@ def msda_forward_kernel(
                 )
                 acc += (attn * w)[:, None] * v.to(acc.dtype)
     out_offsets = rows[:, None] * HEAD_DIM + channels[None, :]
-    tl.store(
-        out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None] & d_mask[None, :]
-    )
+    tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None] & d_mask[None, :])
 
 
 @triton.jit(do_not_specialize=_RUNTIME_SIZES)

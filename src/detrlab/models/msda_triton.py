@@ -25,6 +25,8 @@ kernel module was imported (Triton's interpreter; that is how the CPU tests run 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import triton
 from torch import Tensor
@@ -63,6 +65,11 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"there is no Triton kernel for {device.type} tensors"
 
 
+def _uninitialized(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A buffer that a kernel writes in full (the tests fill it with NaN to catch an unwritten element)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _launch_config(value: Tensor, sampling_loc: Tensor) -> dict[str, int]:
     _, _, heads, head_dim = value.shape
     _, _, _, levels, points, _ = sampling_loc.shape
@@ -80,7 +87,7 @@ def _forward(
     b, num_tokens, heads, head_dim = value.shape
     num_queries = sampling_loc.shape[1]
     block_q, block_d = block_sizes(head_dim)
-    out = value.new_empty(b, num_queries, heads * head_dim)
+    out = _uninitialized((b, num_queries, heads * head_dim), value.dtype, value.device)
     grid = (triton.cdiv(num_queries, block_q), heads, b)
     wrap_triton(kernels.msda_forward_kernel)[grid](
         value,
@@ -115,8 +122,8 @@ def _backward(
     config = _launch_config(value, sampling_loc)
     # Accumulated in the arithmetic dtype (float32, or float64 for float64 inputs), cast at the end.
     grad_value = torch.zeros(value.shape, dtype=sampling_loc.dtype, device=value.device)
-    grad_loc = torch.empty_like(sampling_loc)
-    grad_weight = torch.empty_like(attn_weight)
+    grad_loc = _uninitialized(sampling_loc.shape, sampling_loc.dtype, value.device)
+    grad_weight = _uninitialized(attn_weight.shape, attn_weight.dtype, value.device)
     grid = (triton.cdiv(num_queries, block_q), heads, b)
     wrap_triton(kernels.msda_backward_kernel)[grid](
         value,
