@@ -16,6 +16,8 @@ value may be float16 / bfloat16 / float32 / float64 and is upcast on load. Level
 indices are read from device tensors, and the token and query counts are runtime integers that
 Triton does not specialise on (``do_not_specialize``), so a new image size reuses the compiled
 kernel; only the head count, head size, level and point counts and block sizes are compile-time.
+Levels and points are runtime loops (only the four bilinear corners are unrolled): unrolling all
+L * P * 4 gathers made the backward's PTX 4 MB and its compilation take minutes.
 
 These functions are decorated when this module is imported: with ``TRITON_INTERPRET=1`` set
 before that, ``triton.jit`` returns interpreted functions that run on CPU tensors (the tests).
@@ -39,7 +41,7 @@ _RUNTIME_SIZES = ["num_tokens", "num_queries"]
 
 
 @triton.jit
-def _level_geometry(shapes_ptr, starts_ptr, level: tl.constexpr):
+def _level_geometry(shapes_ptr, starts_ptr, level):
     """(H_l, W_l, start_l) of one level, read from the device tables (int64 scalars)."""
     height = tl.load(shapes_ptr + 2 * level)
     width = tl.load(shapes_ptr + 2 * level + 1)
@@ -75,8 +77,8 @@ def _corner(x0, y0, lx, ly, inside, height, width, corner: tl.constexpr):
     Returns (flat pixel index inside the level, valid mask, bilinear weight, d weight / d x,
     d weight / d y); the index is 0 where the corner is not valid (outside the map).
     """
-    dx: tl.constexpr = corner % 2
-    dy: tl.constexpr = corner // 2
+    dx = corner % 2
+    dy = corner // 2
     # weight along x: lx for the right corner, 1 - lx for the left one (same for y)
     wx = lx if dx == 1 else 1.0 - lx
     wy = ly if dy == 1 else 1.0 - ly
@@ -112,15 +114,15 @@ def msda_forward_kernel(
     q_mask = queries < num_queries
     channels = tl.arange(0, BLOCK_D)
     d_mask = channels < HEAD_DIM
-    token_stride: tl.constexpr = NUM_HEADS * HEAD_DIM
+    token_stride = NUM_HEADS * HEAD_DIM
     # (b, q, h) row of every query of the block; int64 so large batches cannot overflow
     rows = (batch * num_queries + queries) * NUM_HEADS + head
     value_bh = value_ptr + batch * num_tokens * token_stride + head * HEAD_DIM
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=loc_ptr.dtype.element_ty)
-    for level in tl.static_range(NUM_LEVELS):
+    for level in range(NUM_LEVELS):
         height, width, start = _level_geometry(shapes_ptr, starts_ptr, level)
         value_level = value_bh + start * token_stride
-        for point in tl.static_range(NUM_POINTS):
+        for point in range(NUM_POINTS):
             lp = rows * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
             loc_x = tl.load(loc_ptr + 2 * lp, mask=q_mask, other=0.0)
             loc_y = tl.load(loc_ptr + 2 * lp + 1, mask=q_mask, other=0.0)
@@ -173,7 +175,7 @@ def msda_backward_kernel(
     q_mask = queries < num_queries
     channels = tl.arange(0, BLOCK_D)
     d_mask = channels < HEAD_DIM
-    token_stride: tl.constexpr = NUM_HEADS * HEAD_DIM
+    token_stride = NUM_HEADS * HEAD_DIM
     rows = (batch * num_queries + queries) * NUM_HEADS + head
     block_mask = q_mask[:, None] & d_mask[None, :]
     compute_dtype = loc_ptr.dtype.element_ty
@@ -181,10 +183,10 @@ def msda_backward_kernel(
         grad_out_ptr + rows[:, None] * HEAD_DIM + channels[None, :], mask=block_mask, other=0.0
     ).to(compute_dtype)
     bh_offset = batch * num_tokens * token_stride + head * HEAD_DIM
-    for level in tl.static_range(NUM_LEVELS):
+    for level in range(NUM_LEVELS):
         height, width, start = _level_geometry(shapes_ptr, starts_ptr, level)
         level_offset = bh_offset + start * token_stride
-        for point in tl.static_range(NUM_POINTS):
+        for point in range(NUM_POINTS):
             lp = rows * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
             loc_x = tl.load(loc_ptr + 2 * lp, mask=q_mask, other=0.0)
             loc_y = tl.load(loc_ptr + 2 * lp + 1, mask=q_mask, other=0.0)
@@ -244,7 +246,7 @@ def msda_grad_value_deterministic_kernel(
     batch = tl.program_id(2).to(tl.int64)
     channels = tl.arange(0, BLOCK_D)
     d_mask = channels < HEAD_DIM
-    token_stride: tl.constexpr = NUM_HEADS * HEAD_DIM
+    token_stride = NUM_HEADS * HEAD_DIM
     compute_dtype = loc_ptr.dtype.element_ty
     height = tl.load(shapes_ptr + 2 * level)
     width = tl.load(shapes_ptr + 2 * level + 1)
@@ -253,7 +255,7 @@ def msda_grad_value_deterministic_kernel(
     for query in range(num_queries):
         row = (batch * num_queries + query) * NUM_HEADS + head
         grad_out = tl.load(grad_out_ptr + row * HEAD_DIM + channels, mask=d_mask, other=0.0).to(compute_dtype)
-        for point in tl.static_range(NUM_POINTS):
+        for point in range(NUM_POINTS):
             lp = row * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
             loc_x = tl.load(loc_ptr + 2 * lp)
             loc_y = tl.load(loc_ptr + 2 * lp + 1)

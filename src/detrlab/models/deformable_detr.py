@@ -36,7 +36,7 @@ class DeformableDETR(nn.Module):
         add_proposal_features: DETA: add the proposals' encoder features to the query content.
         assign_first_stage: DETA: pick proposals by per-level NMS (``pre_nms_topk``, ``proposal_nms_iou``).
         aux_loss: return the predictions of earlier decoder layers in ``aux_outputs``.
-        attention_implementation: "auto" / "pytorch" / "compiled" deformable sampling.
+        attention_implementation: "auto" / "pytorch" / "compiled" / "triton" deformable sampling.
         encoder_ffn_recompute: encoder layers whose feed-forward hidden activation is recomputed in
             backward (less training memory, one extra projection per layer; same results).
     """
