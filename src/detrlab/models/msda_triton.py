@@ -154,6 +154,8 @@ def _backward(
             num_queries,
             **config,
             BLOCK_D=block_d,
+            # one head's channels per step: a single warp holds them (more would only idle)
+            num_warps=1,
         )
     return grad_value.to(value.dtype), grad_loc, grad_weight
 
