@@ -196,8 +196,9 @@ def multi_scale_deformable_attention(
     autocast = torch.is_autocast_enabled(device_type)
     if path == "triton":
         op, _ = triton_kernel(value.device)
-        if autocast:
-            # No upcast: the kernel reads the value in the autocast dtype and accumulates in fp32.
+        if autocast and value.dtype == torch.float32:
+            # No upcast: the kernel reads the value in the autocast dtype and accumulates in fp32
+            # (as autocast itself does, float64 is left alone).
             value = value.to(torch.get_autocast_dtype(device_type))
         levels = levels if levels is not None else level_tables(spatial_shapes, value.device)
         # Locations and weights in float32 whatever autocast made of them (bf16 locations lose
