@@ -8,6 +8,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+import tests.triton_interpreter  # noqa: F401  (first: must run before triton is imported)
 from tests.helpers import TINY_OVERRIDES, compose_config
 
 

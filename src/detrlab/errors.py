@@ -41,3 +41,7 @@ class CorruptImageError(DetrlabError):
 
 class NonFiniteLossError(DetrlabError, FloatingPointError):
     """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+class AttentionImplementationError(ConfigError):
+    """An ``attention_implementation`` setting with no kernel for the tensors' device (or none at all)."""

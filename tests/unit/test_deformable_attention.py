@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from detrlab.errors import AttentionImplementationError
 from detrlab.models import deformable_attention as da
 from detrlab.models.deformable_attention import (
     MultiScaleDeformableAttention,
@@ -89,7 +90,7 @@ def test_gradcheck_value_locations_and_weights():
     )
 
 
-def test_dispatch_uses_registered_kernel_when_asked_or_on_its_devices():
+def test_dispatch_uses_registered_kernel_only_on_its_devices():
     value, locations, weights = _inputs(dtype=torch.float32)
     calls = []
 
@@ -102,18 +103,21 @@ def test_dispatch_uses_registered_kernel_when_asked_or_on_its_devices():
     try:
         auto = multi_scale_deformable_attention(value, SHAPES, locations, weights, "auto")
         assert calls == []  # CPU tensors, kernel only for CUDA: "auto" keeps PyTorch
+        # forcing a kernel the tensors' device does not have is a config error naming both
+        with pytest.raises(AttentionImplementationError, match=r"'compiled'.*cpu tensors.*cuda only"):
+            multi_scale_deformable_attention(value, SHAPES, locations, weights, "compiled")
+        da.register_compiled_kernel(fake_kernel, devices=("cpu", "cuda"))
         forced = multi_scale_deformable_attention(
             value, SHAPES, locations, weights, "compiled", im2col_step=8
         )
         assert calls == [([[5, 7], [3, 4], [1, 2]], [0, 35, 47], 8)]
         torch.testing.assert_close(forced, auto)
-        da.register_compiled_kernel(fake_kernel, devices=("cpu", "cuda"))
         multi_scale_deformable_attention(value, SHAPES, locations, weights, "auto")
         assert len(calls) == 2  # a kernel for CPU: "auto" uses it
         assert multi_scale_deformable_attention(value, SHAPES, locations, weights, "pytorch") is not None
         assert len(calls) == 2
         da.register_compiled_kernel(None)
-        with pytest.raises(RuntimeError, match="no compiled deformable-attention kernel"):
+        with pytest.raises(AttentionImplementationError, match="no compiled deformable-attention kernel"):
             multi_scale_deformable_attention(value, SHAPES, locations, weights, "compiled")
     finally:
         da._compiled.clear()

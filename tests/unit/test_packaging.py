@@ -27,7 +27,6 @@ def test_pyproject_lists_every_package():
 
 def test_kernel_sources_found_through_the_package():
     import detrlab_ops
-
     from detrlab.models import msda_kernel
 
     assert (detrlab_ops.csrc_dir() / "ms_deform_attn.cpp").is_file()

@@ -2,18 +2,27 @@
 
 The sampling itself (bilinear interpolation of the values at fractional locations, weighted sum over
 levels and points) goes through :func:`multi_scale_deformable_attention`, the one dispatch point
-between the pure-PyTorch implementation below and a compiled kernel:
+between the pure-PyTorch implementation below and the kernels:
 
 * ``"pytorch"``: :func:`multi_scale_deformable_attention_pytorch` (``F.grid_sample``; exact,
   differentiable, any device and dtype).
 * ``"compiled"``: the C++ extension built from ``ops/csrc`` (see :mod:`detrlab.models.msda_kernel`;
-  built just in time on first use and cached), or a kernel installed with
+  built just in time on first use and cached; CPU kernels), or a kernel installed with
   :func:`register_compiled_kernel`.
-* ``"auto"`` (default): the compiled kernel when it is available for the tensors' device, else
-  PyTorch (with a one-line notice when the extension cannot be built).
+* ``"triton"``: the Triton kernels of ``ops/msda_triton.py`` (see :mod:`detrlab.models.msda_triton`;
+  CUDA tensors, or CPU tensors under Triton's interpreter, ``TRITON_INTERPRET=1``).
+* ``"auto"`` (default): Triton for CUDA tensors, the compiled kernel for CPU tensors, PyTorch for
+  any other device or when the kernel is unavailable (with a one-line notice when the C++
+  extension cannot be built).
 
-Under autocast the sampling runs in float32 (bilinear weights lose precision in fp16) and the
-result is cast back to the value's dtype.
+A forced ``"compiled"`` / ``"triton"`` on a device without that kernel raises
+:class:`~detrlab.errors.AttentionImplementationError` naming the device and the setting.
+
+Dtypes: the Triton path takes the value in its own dtype (under autocast: the autocast dtype, so
+bf16-mixed halves the kernel's memory traffic), the locations and weights in float32, and returns
+the value's dtype. The compiled and PyTorch paths sample in float32 whenever the inputs are half
+precision or autocast is on (bilinear weights lose precision in fp16) and cast the result back to
+the value's dtype.
 """
 
 from __future__ import annotations
@@ -25,15 +34,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detrlab.errors import AttentionImplementationError
+from detrlab.models.level_tables import LevelTables, level_tables
+
 __all__ = [
+    "IMPLEMENTATIONS",
     "MultiScaleDeformableAttention",
     "compiled_kernel",
     "multi_scale_deformable_attention",
     "multi_scale_deformable_attention_pytorch",
     "register_compiled_kernel",
+    "resolve_implementation",
+    "triton_kernel",
 ]
 
-IMPLEMENTATIONS = ("auto", "pytorch", "compiled")
+IMPLEMENTATIONS = ("auto", "pytorch", "compiled", "triton")
 
 # Signature: (value [B,S,H,Dh], spatial_shapes long [L,2], level_start_index long [L],
 #             sampling_locations [B,Q,H,L,P,2], attention_weights [B,Q,H,L,P], im2col_step) -> [B,Q,H*Dh]
@@ -60,6 +75,24 @@ def compiled_kernel() -> KernelFn | None:
         else:
             register_compiled_kernel(None)
     return _compiled["kernel"]  # type: ignore[return-value]
+
+
+# Signature: (value [B,S,H,Dh], spatial_shapes long [L,2], level_start_index long [L],
+#             sampling_locations [B,Q,H,L,P,2], attention_weights [B,Q,H,L,P]) -> [B,Q,H*Dh]
+TritonFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def triton_kernel(device: torch.device) -> tuple[TritonFn | None, str | None]:
+    """The Triton op for ``device`` and ``None``, or ``None`` and why it cannot run there.
+
+    Looked up on each call (not bound at import) so tests can substitute the op.
+    """
+    try:
+        from detrlab.models import msda_triton
+    except ImportError as err:  # triton not installed
+        return None, f"Triton is not importable ({err})"
+    reason = msda_triton.unavailable_reason(device)
+    return (None, reason) if reason else (msda_triton.ms_deform_attn_triton, None)
 
 
 def multi_scale_deformable_attention_pytorch(
@@ -103,6 +136,46 @@ def multi_scale_deformable_attention_pytorch(
     return out.view(b, heads, q, head_dim).transpose(1, 2).reshape(b, q, heads * head_dim)
 
 
+def resolve_implementation(implementation: str, device: torch.device) -> str:
+    """The path that ``implementation`` takes for tensors on ``device``: "pytorch", "compiled" or "triton".
+
+    Raises:
+        AttentionImplementationError: a forced "compiled" / "triton" with no kernel for ``device``.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise AttentionImplementationError(
+            f"attention_implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+        )
+    if implementation == "pytorch":
+        return "pytorch"
+    wants_triton = implementation == "triton" or (implementation == "auto" and device.type == "cuda")
+    if wants_triton:
+        op, reason = triton_kernel(device)
+        if op is not None:
+            return "triton"
+        if implementation == "triton":
+            raise AttentionImplementationError(
+                f"attention_implementation='triton' has no kernel for {device.type} tensors ({device}): "
+                f"{reason}. Use attention_implementation=auto (Triton on CUDA, C++ on CPU) or pytorch"
+            )
+    if compiled_kernel() is not None and device.type in _compiled.get("devices", ()):
+        return "compiled"
+    if implementation == "compiled":
+        from detrlab.models import msda_kernel
+
+        why = (
+            f"the ops/ extension is unavailable ({msda_kernel.unavailable_reason() or 'no kernel registered'})"
+            if compiled_kernel() is None
+            else f"it has kernels for {', '.join(_compiled.get('devices', ())) or 'no device'} only"
+        )
+        raise AttentionImplementationError(
+            f"attention_implementation='compiled' has no compiled deformable-attention kernel for "
+            f"{device.type} tensors ({device}): {why}. Use attention_implementation=auto, triton (CUDA) "
+            "or pytorch"
+        )
+    return "pytorch"
+
+
 def multi_scale_deformable_attention(
     value: Tensor,
     spatial_shapes: Sequence[tuple[int, int]],
@@ -110,35 +183,52 @@ def multi_scale_deformable_attention(
     attention_weights: Tensor,
     implementation: str = "auto",
     im2col_step: int = 64,
+    levels: LevelTables | None = None,
 ) -> Tensor:
-    """Dispatch the deformable sampling to the compiled kernel or PyTorch (see module docstring).
+    """Dispatch the deformable sampling to a kernel or PyTorch (see module docstring).
 
-    Shapes as in :func:`multi_scale_deformable_attention_pytorch`; returns ``[B, Q, H * Dh]`` in
-    ``value.dtype``.
+    Shapes as in :func:`multi_scale_deformable_attention_pytorch`; ``levels``: the device tables
+    of ``spatial_shapes`` (looked up in the cache of :func:`level_tables` when ``None``). Returns
+    ``[B, Q, H * Dh]`` in ``value.dtype`` (the Triton path under autocast: the autocast dtype).
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-    kernel = compiled_kernel() if implementation != "pytorch" else None
-    if implementation == "compiled" and kernel is None:
-        raise RuntimeError(
-            "implementation='compiled' but no compiled deformable-attention kernel is available (the ops/ "
-            "extension could not be built, see the logged notice): use implementation='auto'/'pytorch'"
-        )
-    use_kernel = kernel is not None and (
-        implementation == "compiled" or value.device.type in _compiled.get("devices", ())
-    )
+    device_type = value.device.type
+    path = resolve_implementation(implementation, value.device)
+    autocast = torch.is_autocast_enabled(device_type)
+    if path == "triton":
+        op, _ = triton_kernel(value.device)
+        if autocast and value.dtype == torch.float32:
+            # No upcast: the kernel reads the value in the autocast dtype and accumulates in fp32
+            # (as autocast itself does, float64 is left alone).
+            value = value.to(torch.get_autocast_dtype(device_type))
+        levels = levels if levels is not None else level_tables(spatial_shapes, value.device)
+        # Locations and weights in float32 whatever autocast made of them (bf16 locations lose
+        # about 0.6 px on a 152-px-wide level); float64 only in the exact float64 mode.
+        precise = torch.float64 if value.dtype == torch.float64 else torch.float32
+        with torch.autocast(device_type=device_type, enabled=False):
+            return op(
+                value,
+                levels.spatial_shapes,
+                levels.level_start_index,
+                sampling_locations.to(precise),
+                attention_weights.to(precise),
+            )
 
     out_dtype = value.dtype
-    needs_fp32 = out_dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(value.device.type)
-    if needs_fp32:
+    if out_dtype in (torch.float16, torch.bfloat16) or autocast:
         value, sampling_locations, attention_weights = (
             t.float() for t in (value, sampling_locations, attention_weights)
         )
-    with torch.autocast(device_type=value.device.type, enabled=False):
-        if use_kernel:
-            shapes = torch.as_tensor(spatial_shapes, dtype=torch.long, device=value.device)
-            start = torch.cat((shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]))
-            out = kernel(value, shapes, start, sampling_locations, attention_weights, im2col_step)
+    with torch.autocast(device_type=device_type, enabled=False):
+        if path == "compiled":
+            levels = levels if levels is not None else level_tables(spatial_shapes, value.device)
+            out = compiled_kernel()(
+                value,
+                levels.spatial_shapes,
+                levels.level_start_index,
+                sampling_locations,
+                attention_weights,
+                im2col_step,
+            )
         else:
             out = multi_scale_deformable_attention_pytorch(
                 value, spatial_shapes, sampling_locations, attention_weights
@@ -157,7 +247,8 @@ class MultiScaleDeformableAttention(nn.Module):
         num_heads: attention heads.
         num_levels: feature levels.
         num_points: sampling points per head and level.
-        implementation: "auto", "pytorch" or "compiled" (see :func:`multi_scale_deformable_attention`).
+        implementation: "auto", "pytorch", "compiled" or "triton" (see
+            :func:`multi_scale_deformable_attention`).
         im2col_step: batch chunk of the compiled kernel.
 
     Parameter names ``sampling_offsets`` / ``attention_weights`` / ``value_proj`` / ``output_proj``
@@ -177,7 +268,9 @@ class MultiScaleDeformableAttention(nn.Module):
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+            raise AttentionImplementationError(
+                f"attention_implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+            )
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.num_levels = num_levels
@@ -245,11 +338,11 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(b, q, heads, levels * points).softmax(-1)
         weights = weights.view(b, q, heads, levels, points)
 
+        tables = level_tables(spatial_shapes, value.device)
         if reference_points.shape[-1] == 2:
-            # Offsets are in cells of each level: divide by that level's (w, h).
-            normalizer = torch.tensor(
-                [[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device
-            )
+            # Offsets are in cells of each level: divide by that level's (w, h) (float32 table, so
+            # the locations stay float32 under autocast).
+            normalizer = tables.offset_normalizer
             locations = (
                 reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
             )
@@ -262,6 +355,6 @@ class MultiScaleDeformableAttention(nn.Module):
                 f"reference_points must end in 2 (points) or 4 (boxes), got shape {tuple(reference_points.shape)}"
             )
         out = multi_scale_deformable_attention(
-            value, spatial_shapes, locations, weights, self.implementation, self.im2col_step
+            value, spatial_shapes, locations, weights, self.implementation, self.im2col_step, tables
         )
         return self.output_proj(out)

@@ -39,7 +39,7 @@ class DeformableDETR(nn.Module):
             ``enc_n_points`` / ``dec_n_points`` (sampling points per head and level),
             ``add_proposal_features`` and ``assign_first_stage`` (DETA: proposal features in the queries,
             per-level NMS proposal selection with ``pre_nms_topk`` / ``proposal_nms_iou``),
-            ``attention_implementation`` and ``encoder_ffn_recompute``.
+            ``attention_implementation`` ("auto" / "pytorch" / "compiled" / "triton") and ``encoder_ffn_recompute``.
     """
 
     def __init__(
