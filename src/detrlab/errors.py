@@ -41,3 +41,7 @@ class CorruptImageError(DetrlabError):
 
 class NonFiniteLossError(DetrlabError, FloatingPointError):
     """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+class KernelUnavailableError(DetrlabError, RuntimeError):
+    """The compiled deformable-attention kernel is required (``DETRLAB_OPS=require``) but failed to build or load."""
