@@ -16,6 +16,7 @@ from detrlab.models.deformable_attention import (
     MultiScaleDeformableAttention,
     multi_scale_deformable_attention_pytorch,
 )
+from detrlab.models.msda_check import kernel_calls
 from tests.kernels import require_compiled_kernel
 
 
@@ -157,3 +158,12 @@ def test_disabled_extension_falls_back_with_a_one_line_notice(monkeypatch, caplo
     finally:
         msda_kernel._state.clear()
         msda_kernel._state.update(saved)
+
+
+def test_kernel_calls_counts_compiled_forwards_only():
+    shapes = [(4, 5)]
+    value, loc, weights = (t.requires_grad_(True) for t in _inputs(shapes, 1, 3, 2, 3, 2, torch.float32, 0))
+    with kernel_calls() as calls:
+        _compiled(value, shapes, loc, weights).sum().backward()  # the backward op is not a forward
+        multi_scale_deformable_attention_pytorch(value, shapes, loc, weights)
+    assert calls.forward == 1

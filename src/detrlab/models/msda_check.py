@@ -40,7 +40,7 @@ class KernelCalls(TorchDispatchMode):
         self.forward = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.name().startswith(FORWARD_OP):
+        if func._schema.name == FORWARD_OP:  # the operator, whatever its overload; not the backward
             self.forward += 1
         return func(*args, **(kwargs or {}))
 
