@@ -71,11 +71,14 @@ def loaded_openmp_runtimes() -> list[Path]:
 
 
 def _torch_openmp_runtime() -> Path | None:
-    """The OpenMP runtime torch loaded: the one under torch's folder first, else the only one mapped."""
+    """The OpenMP runtime torch loaded: one under ``torch/`` (or the ``torch.libs/`` of auditwheel
+    builds), else the only one mapped. Other packages may bundle their own copies (scikit-learn
+    does), so a runtime outside torch's folders is taken only when it is the only one."""
     runtimes = loaded_openmp_runtimes()
     torch_dir = Path(torch.__file__).resolve().parent
+    torch_folders = (torch_dir, torch_dir.parent / "torch.libs")
     for runtime in runtimes:
-        if torch_dir in runtime.resolve().parents or torch_dir.parent in runtime.resolve().parents:
+        if any(folder in runtime.resolve().parents for folder in torch_folders):
             return runtime
     return runtimes[0] if len(runtimes) == 1 else None
 
