@@ -12,7 +12,12 @@
 //
 // Nothing of size [.., L * P, D] is materialised: each (b, q, h) accumulates its D outputs directly.
 // The backward is race-free without atomics: the work is split over (b, h, l), and each such unit
-// owns grad_value[b, level l, h, :] and grad_loc / grad_attn[b, :, h, l, :].
+// owns grad_value[b, level l, h, :] and grad_loc / grad_attn[b, :, h, l, :], so its results do not
+// depend on the thread count.
+//
+// Threads: at::parallel_for splits both loops into static ranges over torch's intra-op threads. It
+// is a header template that only runs in parallel when this file is compiled with OpenMP, so the
+// build (detrlab/models/msda_build.py) adds -fopenmp and links torch's own OpenMP runtime.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -45,3 +45,7 @@ class NonFiniteLossError(DetrlabError, FloatingPointError):
 
 class AttentionImplementationError(ConfigError):
     """An ``attention_implementation`` setting with no kernel for the tensors' device (or none at all)."""
+
+
+class KernelUnavailableError(DetrlabError, RuntimeError):
+    """The compiled deformable-attention kernel is required (``DETRLAB_OPS=require``) but failed to build or load."""

@@ -7,6 +7,8 @@ written with ``save_pretrained`` and, renamed by the published key rules, as an 
 
 from __future__ import annotations
 
+import contextlib
+
 import hydra
 import pytest
 import torch
@@ -16,6 +18,7 @@ from transformers import DeformableDetrImageProcessor, DetrImageProcessor
 from transformers.models.deprecated.deta.image_processing_deta import DetaImageProcessor
 
 from detrlab.convert import CheckpointConversionError, convert_checkpoint
+from tests.kernels import ATTENTION_PATHS, attention_path
 from tests.unit.convert_fixtures import hf_to_original, make_hf_model, original_args
 
 KINDS = ["deta", "deformable", "deformable_two_stage", "detr"]
@@ -70,9 +73,19 @@ def reference(request, tmp_path_factory):
     return kind, model, root / "hf", root / "original.pth", _reference_outputs(model, images, mask)
 
 
-def _overrides(kind: str) -> dict:
-    """Deterministic PyTorch deformable sampling (DETR has no deformable attention)."""
-    return {} if kind == "detr" else {"attention_implementation": "pytorch"}
+def _overrides(kind: str, implementation: str) -> dict:
+    """The deformable-sampling path under test (DETR has no deformable attention)."""
+    return {} if kind == "detr" else {"attention_implementation": implementation}
+
+
+def _on_path(kind: str, implementation: str):
+    """Checks that the forward in the block ran ``implementation`` (nothing to check for DETR)."""
+    return contextlib.nullcontext() if kind == "detr" else attention_path(implementation)
+
+
+def _skip_duplicate_detr_run(kind: str, implementation: str) -> None:
+    if kind == "detr" and implementation != "auto":
+        pytest.skip("DETR has no deformable attention: one implementation covers it")
 
 
 def _reference_outputs(model, images, mask, labels=None):
@@ -92,13 +105,17 @@ def _their_detections(kind, outputs, sizes):
     )
 
 
+@pytest.mark.parametrize("implementation", ATTENTION_PATHS)
 @pytest.mark.parametrize("source", ["hf", "original"])
-def test_outputs_and_detections_match_reference(reference, source):
+def test_outputs_and_detections_match_reference(reference, source, implementation):
     kind, _, hf_dir, original, theirs = reference
-    detector, converted = convert_checkpoint(hf_dir if source == "hf" else original, **_overrides(kind))
+    _skip_duplicate_detr_run(kind, implementation)
+    detector, converted = convert_checkpoint(
+        hf_dir if source == "hf" else original, **_overrides(kind, implementation)
+    )
     assert not detector.training
     assert converted.family == FAMILY[kind]
-    with torch.no_grad():
+    with torch.no_grad(), _on_path(kind, implementation):
         ours = detector(*_padded_batch(kind))
     assert ours["pred_logits"].shape == theirs.logits.shape
     torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=1e-4, rtol=0)
@@ -137,15 +154,17 @@ def _targets(num_classes):
     return targets
 
 
+@pytest.mark.parametrize("implementation", ATTENTION_PATHS)
 @pytest.mark.parametrize(
     "kind",
     ["detr", "deformable", "deformable_two_stage", "deta"],
 )
-def test_training_loss_matches_reference_with_hungarian_matching(kind, tmp_path):
+def test_training_loss_matches_reference_with_hungarian_matching(kind, implementation, tmp_path):
+    _skip_duplicate_detr_run(kind, implementation)
     model = make_hf_model(kind, seed=SEEDS.get(kind, 0))
     hf_dir = tmp_path / "hf"
     model.save_pretrained(hf_dir, safe_serialization=kind != "deformable_two_stage")
-    detector, converted = convert_checkpoint(hf_dir, **_overrides(kind))
+    detector, converted = convert_checkpoint(hf_dir, **_overrides(kind, implementation))
     criterion_config = converted.model_config["criterion"]
     if kind == "deta":
         assignment = criterion_config["assignment"]
@@ -161,7 +180,8 @@ def test_training_loss_matches_reference_with_hungarian_matching(kind, tmp_path)
     criterion = hydra.utils.instantiate(criterion_config, _convert_="all")
     images, mask = _padded_batch(kind)
     targets = _targets(converted.detector_config["num_classes"])
-    ours = detector(images, mask)
+    with _on_path(kind, implementation):
+        ours = detector(images, mask)
     if kind == "deformable_two_stage":
         # transformers' Deformable DETR loss has no encoder (proposal) term; DETA's has one.
         ours.pop("enc_outputs")

@@ -11,6 +11,7 @@ from transformers.models.deprecated.deta.image_processing_deta import DetaImageP
 
 from detrlab.convert import convert_checkpoint
 from detrlab.models.swin import SwinBackbone
+from tests.kernels import ATTENTION_PATHS, attention_path
 from tests.unit.convert_fixtures import hf_to_original, make_hf_model, original_args
 from tests.unit.test_convert_parity import _padded_batch
 
@@ -26,13 +27,14 @@ def swin_reference(tmp_path_factory):
     return model, root, outputs
 
 
-def test_hf_swin_deta_matches_the_reference(swin_reference):
+@pytest.mark.parametrize("implementation", ATTENTION_PATHS)
+def test_hf_swin_deta_matches_the_reference(swin_reference, implementation):
     _, root, theirs = swin_reference
-    detector, converted = convert_checkpoint(root / "hf", attention_implementation="pytorch")
+    detector, converted = convert_checkpoint(root / "hf", attention_implementation=implementation)
     backbone = converted.detector_config["backbone"]
     assert backbone["_target_"].endswith("SwinBackbone") and backbone["window_size"] == 2
     assert isinstance(detector.backbone, SwinBackbone)
-    with torch.no_grad():
+    with torch.no_grad(), attention_path(implementation):
         ours = detector(*_padded_batch("deta"))
     torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(ours["pred_boxes"], theirs.pred_boxes, atol=1e-4, rtol=0)
@@ -48,7 +50,8 @@ def test_hf_swin_deta_matches_the_reference(swin_reference):
         assert a["labels"].tolist() == b["labels"].tolist()
 
 
-def test_original_swin_deta_checkpoint_matches_the_reference(swin_reference, tmp_path):
+@pytest.mark.parametrize("implementation", ATTENTION_PATHS)
+def test_original_swin_deta_checkpoint_matches_the_reference(swin_reference, tmp_path, implementation):
     model, _, theirs = swin_reference
     # jozhang97/DETA layout: Swin repository names under backbone.0.body, args without the Swin
     # architecture (read from the weights' shapes).
@@ -56,7 +59,9 @@ def test_original_swin_deta_checkpoint_matches_the_reference(swin_reference, tmp
         {"model": hf_to_original(model.state_dict(), "deta"), "args": original_args(model, "deta")},
         tmp_path / "deta_swin.pth",
     )
-    detector, converted = convert_checkpoint(tmp_path / "deta_swin.pth", attention_implementation="pytorch")
+    detector, converted = convert_checkpoint(
+        tmp_path / "deta_swin.pth", attention_implementation=implementation
+    )
     backbone = converted.detector_config["backbone"]
     assert (backbone["embed_dim"], backbone["depths"], backbone["num_heads"], backbone["window_size"]) == (
         16,
@@ -64,7 +69,7 @@ def test_original_swin_deta_checkpoint_matches_the_reference(swin_reference, tmp
         [1, 1, 2, 2],
         2,
     )
-    with torch.no_grad():
+    with torch.no_grad(), attention_path(implementation):
         ours = detector(*_padded_batch("deta"))
     torch.testing.assert_close(ours["pred_logits"], theirs.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(ours["pred_boxes"], theirs.pred_boxes, atol=1e-4, rtol=0)

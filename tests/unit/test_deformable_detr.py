@@ -11,6 +11,8 @@ from detrlab.models.deformable_detr import DETA, DeformableDETR
 from detrlab.models.swin import SwinBackbone
 from tests.helpers import compose_config
 
+from tests.kernels import attention_path
+
 
 def _num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())  # unique parameters, frozen ones included
@@ -68,7 +70,7 @@ def _batch():
     return images, mask
 
 
-@pytest.mark.parametrize(
+VARIANTS = pytest.mark.parametrize(
     "kwargs",
     [
         {},
@@ -84,6 +86,9 @@ def _batch():
     ],
     ids=["plain", "single_scale", "refine", "two_stage", "deta"],
 )
+
+
+@VARIANTS
 def test_output_contract(kwargs):
     model = _tiny(**kwargs).eval()
     images, mask = _batch()
@@ -106,6 +111,28 @@ def test_output_contract(kwargs):
         assert not out["init_reference"].requires_grad
     else:
         assert "enc_outputs" not in out and "init_reference" not in out
+
+
+@VARIANTS
+def test_compiled_kernel_and_pytorch_paths_agree_in_outputs_and_gradients(kwargs):
+    compiled = _tiny(attention_implementation="auto", **kwargs).eval()  # eval: no dropout
+    reference = _tiny(attention_implementation="pytorch", **kwargs).eval()
+    with torch.no_grad():  # sampling points off the initial ring, so bilinear weights are generic
+        for p in compiled.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    reference.load_state_dict(compiled.state_dict())
+    images, mask = _batch()
+    outputs = {}
+    for implementation, model in (("auto", compiled), ("pytorch", reference)):
+        with attention_path(implementation):
+            out = model(images, mask)
+        (out["pred_logits"].sigmoid().sum() + out["pred_boxes"].square().sum()).backward()
+        outputs[implementation] = out
+    for key in ("pred_logits", "pred_boxes"):
+        torch.testing.assert_close(outputs["auto"][key], outputs["pytorch"][key], rtol=1e-5, atol=1e-5)
+    for (name, p), q in zip(compiled.named_parameters(), reference.parameters()):
+        if p.grad is not None or q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_refinement_feeds_each_layer_the_previous_layers_boxes():

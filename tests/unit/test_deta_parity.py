@@ -15,6 +15,7 @@ from torch import nn
 
 from detrlab.models.backbone import ResNetBackbone
 from detrlab.models.deformable_detr import DETA
+from tests.kernels import ATTENTION_PATHS, attention_path
 
 deta_ref = pytest.importorskip("transformers.models.deprecated.deta.modeling_deta")
 transformers = pytest.importorskip("transformers")
@@ -80,8 +81,9 @@ def _reference_state(ours: DETA) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.parametrize("implementation", ATTENTION_PATHS)
 @pytest.mark.parametrize("num_levels", [4, 5])
-def test_deta_matches_reference_outputs(num_levels):
+def test_deta_matches_reference_outputs(num_levels, implementation):
     torch.manual_seed(0)
     backbone = ResNetBackbone("resnet_small", return_stages=[2, 3, 4], stage_widths=[8, 16, 32, 32])
     ours = DETA(
@@ -89,7 +91,7 @@ def test_deta_matches_reference_outputs(num_levels):
         num_classes=4,
         num_feature_levels=num_levels,
         assign_first_stage=True,
-        attention_implementation="pytorch",
+        attention_implementation=implementation,
         **SIZES,
     )
     # non-trivial class/box heads and sampling offsets
@@ -132,7 +134,8 @@ def test_deta_matches_reference_outputs(num_levels):
     images = torch.randn(2, 3, 256, 256)
     mask = torch.zeros(2, 256, 256, dtype=torch.bool)
     with torch.no_grad():
-        out = ours(images, mask)
+        with attention_path(implementation):
+            out = ours(images, mask)
         ref = reference(pixel_values=images, pixel_mask=(~mask).long())
 
     torch.testing.assert_close(out["init_reference"], ref.init_reference_points, atol=1e-5, rtol=1e-5)

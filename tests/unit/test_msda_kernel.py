@@ -1,7 +1,8 @@
 """The compiled deformable-attention extension (ops/csrc) against the exact PyTorch path.
 
 The extension is built just in time on first use (about a minute, then cached); where it cannot be
-built (no C++ compiler or ninja) these tests are skipped and the PyTorch path is used everywhere.
+built (no C++ compiler or ninja) these tests are skipped and the PyTorch path is used everywhere,
+except under ``DETRLAB_OPS=require`` (CI), where they fail with the build's reason.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from detrlab.models.deformable_attention import (
     MultiScaleDeformableAttention,
     multi_scale_deformable_attention_pytorch,
 )
+from detrlab.models.msda_check import kernel_calls
+from tests.kernels import require_compiled_kernel
 
-pytestmark = pytest.mark.skipif(
-    not msda_kernel.load(), reason=f"extension not buildable here: {msda_kernel.unavailable_reason()}"
-)
+
+@pytest.fixture(autouse=True)
+def _compiled_kernel():
+    require_compiled_kernel()
 
 
 def _inputs(shapes, b, q, heads, dim, points, dtype, seed, margin=0.2):
@@ -154,3 +158,12 @@ def test_disabled_extension_falls_back_with_a_one_line_notice(monkeypatch, caplo
     finally:
         msda_kernel._state.clear()
         msda_kernel._state.update(saved)
+
+
+def test_kernel_calls_counts_compiled_forwards_only():
+    shapes = [(4, 5)]
+    value, loc, weights = (t.requires_grad_(True) for t in _inputs(shapes, 1, 3, 2, 3, 2, torch.float32, 0))
+    with kernel_calls() as calls:
+        _compiled(value, shapes, loc, weights).sum().backward()  # the backward op is not a forward
+        multi_scale_deformable_attention_pytorch(value, shapes, loc, weights)
+    assert calls.forward == 1

@@ -2,8 +2,11 @@
 
 The extension is built just in time with :func:`torch.utils.cpp_extension.load` on first use and
 cached by PyTorch (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), so the
-ordinary ``pip install -e ".[dev]"`` is the whole install. Building ahead of time (for example in a
-container image) is ``python -m detrlab.models.msda_kernel``.
+ordinary ``pip install`` is the whole install. The sources ship inside the installed package
+(``detrlab_ops``), so a wheel builds the kernel like a source checkout does. The loops are threaded
+with torch's own OpenMP runtime (see :mod:`detrlab.models.msda_build`). Building ahead of time (for
+example in a container image) is ``python -m detrlab.models.msda_kernel``; ``--check`` also runs one
+deformable forward and reports which implementation ran (exit status 1 unless it was this kernel).
 
 The library defines two operators with ``TORCH_LIBRARY``: ``detrlab::ms_deform_attn`` and
 ``detrlab::ms_deform_attn_backward``. This module registers the autograd formula of the first (its
@@ -12,12 +15,12 @@ backward calls the second) and fake (meta) implementations of both, so the op wo
 
 Environment:
 
-* ``DETRLAB_OPS=0`` disables the kernel (the PyTorch path is used, no build is attempted).
+* ``DETRLAB_OPS``: unset or ``1``: use the kernel when it builds, else log a one-line notice and use
+  the PyTorch path; ``require``: a failed build or load raises
+  :class:`~detrlab.errors.KernelUnavailableError` with the build's reason (for CI and benchmarks);
+  ``0``: never build, always use the PyTorch path.
 * ``DETRLAB_OPS_SOURCES`` overrides the folder of C++ sources (the default is ``csrc/`` of the
   installed ``detrlab_ops`` package, i.e. ``ops/csrc`` in a source checkout and inside the wheel).
-
-When the build fails (no compiler, no ``ninja``, sources absent) :func:`load` returns ``False`` and
-logs a one-line notice; callers then use the PyTorch path.
 """
 
 from __future__ import annotations
@@ -30,20 +33,38 @@ from pathlib import Path
 import torch
 from torch import Tensor, library
 
+from detrlab.errors import ConfigError, KernelUnavailableError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "EXTENSION_NAME",
+    "library_path",
     "load",
+    "mode",
     "ms_deform_attn",
     "sources_dir",
     "supported_devices",
+    "threading_description",
     "unavailable_reason",
 ]
 
 EXTENSION_NAME = "detrlab_msda"
 _OP = "detrlab::ms_deform_attn"
+_MODES = {"1": "auto", "": "auto", "0": "off", "require": "require"}
 _state: dict[str, object] = {}
+
+
+def mode() -> str:
+    """``"auto"``, ``"require"`` or ``"off"``, from ``$DETRLAB_OPS`` (unset means ``"auto"``)."""
+    raw = os.environ.get("DETRLAB_OPS", "1").strip().lower()
+    if raw not in _MODES:
+        raise ConfigError(
+            f"DETRLAB_OPS={raw!r} is not a setting of the compiled deformable-attention kernel: use 1 "
+            "(default: the kernel when it builds, else PyTorch), require (a failed build is an error) "
+            "or 0 (always the PyTorch path)"
+        )
+    return _MODES[raw]
 
 
 def sources_dir() -> Path:
@@ -67,58 +88,71 @@ def _op_registered() -> bool:
     return _has_kernel("CPU") or _has_kernel("CUDA")
 
 
-def _build(verbose: bool) -> None:
-    from torch.utils import cpp_extension
+def _try_load(verbose: bool) -> str | None:
+    """Build and load the library; ``None`` on success, else the reason it is unavailable."""
+    from detrlab.models import msda_build
 
-    src = sources_dir()
-    sources = sorted(str(p) for p in src.glob("*.cpp"))
-    if not sources:
-        raise FileNotFoundError(f"no C++ sources in {src} (set DETRLAB_OPS_SOURCES)")
-    cuda_sources = sorted(str(p) for p in src.glob("*.cu"))
-    with_cuda = bool(cuda_sources) and torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
-    if with_cuda:
-        sources += cuda_sources
-    log.info("building the deformable-attention extension %s (first use; cached afterwards)", EXTENSION_NAME)
-    cpp_extension.load(
-        name=EXTENSION_NAME + ("_cuda" if with_cuda else ""),
-        sources=sources,
-        extra_cflags=["-O3", "-fopenmp-simd"],
-        extra_cuda_cflags=["-O3"],
-        with_cuda=with_cuda,
-        is_python_module=False,
-        verbose=verbose,
-    )
+    try:
+        if not _op_registered():
+            path, threading = msda_build.build_extension(EXTENSION_NAME, sources_dir(), verbose)
+            _state["library"], _state["threading"] = path, threading.description
+        if not _op_registered():
+            return f"the library loaded but does not define {_OP}"
+    except Exception as err:  # compiler, linker and loader errors all mean "no kernel": reported below
+        return msda_build.build_failure_summary(err)
+    return None
 
 
 def load(verbose: bool = False) -> bool:
-    """Build (first time) and load the extension; ``True`` when the operators are available."""
-    if "ok" in _state:
-        return bool(_state["ok"])
-    ok, reason = False, None
-    if os.environ.get("DETRLAB_OPS", "1") == "0":
-        reason = "disabled by DETRLAB_OPS=0"
-    else:
-        try:
-            if not _op_registered():
-                _build(verbose)
-            ok = _op_registered()
-            if not ok:
-                reason = f"the library loaded but does not define {_OP}"
-        except Exception as err:  # any build or load failure falls back to PyTorch
-            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
-    if ok:
-        _register_python_side()
-    else:
-        log.warning(
-            "detrlab: compiled deformable-attention kernel unavailable (%s); using the PyTorch path", reason
+    """Build (first time) and load the extension; ``True`` when the operators are available.
+
+    Raises:
+        KernelUnavailableError: with ``DETRLAB_OPS=require``, when the build or load failed.
+    """
+    current = mode()
+    if "ok" not in _state:
+        reason = "disabled by DETRLAB_OPS=0" if current == "off" else _try_load(verbose)
+        _state["ok"], _state["reason"] = reason is None, reason
+        if reason is None:
+            _register_python_side()
+        elif current != "require":
+            # one line: the first reason line is the first compiler error
+            first = " ".join(line.strip() for line in reason.splitlines()[:2])
+            log.warning(
+                "detrlab: compiled deformable-attention kernel unavailable (%s); using the PyTorch path",
+                first,
+            )
+    if not _state["ok"] and current == "require":
+        raise KernelUnavailableError(
+            "DETRLAB_OPS=require but the compiled deformable-attention kernel is unavailable (sources: "
+            f"{sources_dir()}):\n{_state['reason']}\nInstall a C++ compiler and ninja, fix the sources, "
+            "or unset DETRLAB_OPS to allow the PyTorch path."
         )
-    _state["ok"], _state["reason"] = ok, reason
-    return ok
+    return bool(_state["ok"])
 
 
 def unavailable_reason() -> str | None:
     """Why :func:`load` failed (``None`` when it succeeded or was not called)."""
     return _state.get("reason")  # type: ignore[return-value]
+
+
+def library_path() -> Path | None:
+    """The shared library of the kernel once loaded (``None`` before, or when it was loaded elsewhere)."""
+    if "library" in _state:
+        return _state["library"]  # type: ignore[return-value]
+    for path in torch.ops.loaded_libraries:
+        if Path(path).name.startswith(EXTENSION_NAME):
+            return Path(path)
+    return None
+
+
+def threading_description() -> str:
+    """How the kernel's loops are threaded (OpenMP runtime, or serial), as its build was set up."""
+    if "threading" in _state:
+        return str(_state["threading"])
+    from detrlab.models import msda_build
+
+    return msda_build.threading_setup().description
 
 
 def supported_devices() -> tuple[str, ...]:
@@ -197,7 +231,6 @@ def level_tensors(spatial_shapes: Sequence[tuple[int, int]], device: torch.devic
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not load(verbose=True):
-        raise SystemExit(f"build failed: {unavailable_reason()}")
-    print(f"{EXTENSION_NAME}: built and loaded; kernels for {', '.join(supported_devices())}")
+    from detrlab.models.msda_check import main
+
+    raise SystemExit(main())
