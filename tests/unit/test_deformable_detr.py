@@ -10,7 +10,6 @@ from detrlab.models.backbone import ResNetBackbone
 from detrlab.models.deformable_detr import DETA, DeformableDETR
 from detrlab.models.swin import SwinBackbone
 from tests.helpers import compose_config
-
 from tests.kernels import attention_path
 
 

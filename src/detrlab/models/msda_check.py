@@ -15,11 +15,11 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import detrlab_ops
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import detrlab
+import detrlab_ops
 from detrlab.errors import DetrlabError
 from detrlab.models import msda_kernel
 
