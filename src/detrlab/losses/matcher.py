@@ -130,6 +130,8 @@ class HungarianMatcher(nn.Module):
         cost = cost - self.cost_giou * generalized_box_iou(
             cxcywh_to_xyxy(flat_boxes), cxcywh_to_xyxy(target_boxes)
         )
+        # Checked on the host copy that the solver needs anyway: no extra device sync.
+        cost = cost.view(batch_size, num_queries, -1).cpu()
         if not torch.isfinite(cost).all():
             raise ValueError(
                 "HungarianMatcher: the matching cost has NaN/inf entries, so the predictions "
@@ -138,7 +140,6 @@ class HungarianMatcher(nn.Module):
                 "invalid target boxes"
             )
 
-        cost = cost.view(batch_size, num_queries, -1).cpu()
         # Image b's targets are the b-th column block; its queries are row block b.
         per_image = cost.split(sizes, dim=-1)
         return [
