@@ -68,7 +68,10 @@ def make_batch(batch: int, height: int, width: int, num_classes: int, seed: int 
         centres = torch.rand(8, 2, generator=g) * 0.6 + 0.2
         sizes = torch.rand(8, 2, generator=g) * 0.3 + 0.05
         targets.append(
-            {"labels": torch.randint(0, num_classes, (8,), generator=g), "boxes": torch.cat([centres, sizes], 1)}
+            {
+                "labels": torch.randint(0, num_classes, (8,), generator=g),
+                "boxes": torch.cat([centres, sizes], 1),
+            }
         )
     return images, mask, targets
 
@@ -103,7 +106,9 @@ def _num_classes(criterion) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=["r50", "small"], default="r50")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--height", type=int, default=512)

@@ -24,6 +24,7 @@ from detrlab.checkpoint import fill_from_checkpoint, load_checkpoint, model_from
 from detrlab.data.collate import collate_detection
 from detrlab.errors import ConfigError, DatasetNotFoundError
 from detrlab.utils.boxes import xyxy_to_xywh
+from detrlab.utils.tf32 import apply_tf32
 from detrlab.visualization import draw_predictions
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     fill_from_checkpoint(cfg, checkpoint)
     resolve_num_classes(cfg.data)
+    apply_tf32(cfg.get("tf32"))
     device = _select_device(cfg.get("device", "auto"))
     model = model_from_checkpoint(cfg.model, checkpoint).eval().to(device)
     datamodule = build_datamodule(cfg.data)

@@ -33,11 +33,11 @@ class Batch:
 
         ``non_blocking`` defaults to True for accelerator targets: from pinned memory the copies
         then overlap with the device's work (from pageable memory they stay synchronous, which is
-        still correct), so the host does not wait for the previous step. Copies to the CPU block,
+        still correct), so the host does not wait for the previous step. Copies to the CPU (and MPS) block,
         since nothing would tell the host when they are done.
         """
         if non_blocking is None:
-            non_blocking = torch.device(device).type != "cpu"
+            non_blocking = torch.device(device).type not in ("cpu", "mps")  # MPS: racy non_blocking copies
         return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:

@@ -130,7 +130,9 @@ def select_two_stage_proposals(
         return plain
     candidate_scores = scores.gather(1, candidates)
     candidate_levels = level_ids[candidates]
-    survived = _nms_survivors(boxes, candidates, candidate_scores, candidate_levels, candidate_ok, num_levels, nms_iou)
+    survived = _nms_survivors(
+        boxes, candidates, candidate_scores, candidate_levels, candidate_ok, num_levels, nms_iou
+    )
     selected = _cap_per_level(candidates, candidate_scores, candidate_levels, survived, num_levels, k)
     enough = survived.sum(1, keepdim=True) >= k
     return torch.where(enough, selected, plain)
@@ -201,7 +203,9 @@ def _cap_per_level(
     alive = survived.gather(1, order)
     levels = candidate_levels.gather(1, order)
     # Rank of every survivor within its level: [B, L, C] one-hot over levels, cumulated along C.
-    one_hot = (levels[:, None, :] == torch.arange(num_levels, device=levels.device)[None, :, None]) & alive[:, None]
+    one_hot = (levels[:, None, :] == torch.arange(num_levels, device=levels.device)[None, :, None]) & alive[
+        :, None
+    ]
     chosen = (one_hot & (one_hot.cumsum(2) <= per_level)).any(1)
     missing = k - chosen.sum(1, keepdim=True)
     spare = alive & ~chosen

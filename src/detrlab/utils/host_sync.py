@@ -88,7 +88,9 @@ class HostSync:
 
 
 def _is_bool_index(indices) -> bool:
-    return any(isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices if i is not None)
+    return any(
+        isinstance(i, Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices if i is not None
+    )
 
 
 def _syncs(func, args, kwargs) -> bool:
