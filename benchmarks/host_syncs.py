@@ -10,7 +10,8 @@ one-time work (cached tables) stays out of the steady-state figure.
 Usage::
 
     python benchmarks/host_syncs.py                 # DETA-R50 paper config, 512x640, batch 2
-    python benchmarks/host_syncs.py --model small   # deta_small (two-stage, both assigners, NMS)
+    python benchmarks/host_syncs.py --model deta_small        # any conf/model/<name>.yaml
+    python benchmarks/host_syncs.py --model deformable_detr_r50 --override model.detector.two_stage=true
     python benchmarks/host_syncs.py --json out.json # also write the counts
 """
 
@@ -40,8 +41,8 @@ def build_r50():
     return detector, criterion
 
 
-def build_small(overrides: list[str] | None = None):
-    """``model=deta_small`` as the training entry point builds it (random init)."""
+def build_small(overrides: list[str] | None = None, model: str = "deta_small"):
+    """``model=<model>`` (a ``conf/model`` name) as the training entry point builds it (random init)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -49,7 +50,7 @@ def build_small(overrides: list[str] | None = None):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["model=deta_small", *(overrides or [])])
+        cfg = compose("train", overrides=[f"model={model}", *(overrides or [])])
     GlobalHydra.instance().clear()
     module = build_model(cfg.model)
     return module.detector, module.criterion
@@ -109,7 +110,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=["r50", "small"], default="r50")
+    parser.add_argument(
+        "--model", default="r50", help="r50 (DETA paper config, as the reference) or a conf/model name"
+    )
+    parser.add_argument("--override", action="append", default=[], help="config override (repeatable)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=640)
@@ -118,7 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    detector, criterion = build_r50() if args.model == "r50" else build_small()
+    if args.model == "r50":
+        detector, criterion = build_r50()
+    else:
+        detector, criterion = build_small(args.override, model=args.model)
     images, mask, targets = make_batch(args.batch, args.height, args.width, _num_classes(criterion))
     counters = count_syncs(detector, criterion, images, mask, targets)
     what = f"{args.model} {args.height}x{args.width} batch {args.batch}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -130,9 +131,10 @@ class HungarianMatcher(nn.Module):
         cost = cost - self.cost_giou * generalized_box_iou(
             cxcywh_to_xyxy(flat_boxes), cxcywh_to_xyxy(target_boxes)
         )
-        # Checked on the host copy that the solver needs anyway: no extra device sync.
+        # The solver needs the costs on the host (the one device sync here); the check reads that
+        # copy through numpy, which costs no further sync.
         cost = cost.view(batch_size, num_queries, -1).cpu()
-        if not torch.isfinite(cost).all():
+        if not np.isfinite(cost.numpy()).all():
             raise ValueError(
                 "HungarianMatcher: the matching cost has NaN/inf entries, so the predictions "
                 "(pred_logits or pred_boxes) or the target boxes contain NaN/inf or degenerate values; "

@@ -12,12 +12,15 @@ Counted (each call of these ops is one sync):
 - ``aten.nonzero``, ``aten.unique*``, ``aten.masked_select``, ``aten.equal``;
 - ``aten.index`` / ``aten.index_put_`` with a boolean index (``x[mask]``, ``x[mask] = v``);
 - ``aten.repeat_interleave`` with tensor repeats and no ``output_size``;
-- ``torchvision::nms`` (its output length is data-dependent).
+- ``torchvision::nms`` (its output length is data-dependent);
+- ``Tensor.cpu()`` and ``Tensor.tolist()`` (device-to-host copies; seen by a ``TorchFunctionMode``,
+  since on CPU tensors they never reach the dispatcher).
 
 Not counted: scalar reads inside ``torch.optim`` (its ``step`` counters are host tensors unless the
 optimizer is ``capturable``/``fused``, so reading them costs nothing on a GPU either).
-Not seen: device-to-host copies (``.cpu()``, ``.tolist()``) are no-ops on CPU tensors and never reach
-the dispatcher; search the code for them separately.
+Not seen: ``.to(device)`` copies, whose direction depends on where the run is (``.to("cpu")`` of
+device results is spelled ``.cpu()`` in this code base), and ``.numpy()``, which only takes CPU
+tensors.
 
 Code that reads tensor values only where that is free (host tensors) asks :func:`values_are_free`:
 under a counter it answers ``False`` for every tensor, so such guarded reads are counted as they
@@ -41,6 +44,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["HostSync", "HostSyncCounter", "values_are_free"]
@@ -125,6 +129,25 @@ def _call_site() -> str | None:
     return fallback or "<unknown>"
 
 
+_DEVICE_TO_HOST = {Tensor.cpu: "Tensor.cpu", Tensor.tolist: "Tensor.tolist"}
+
+
+class _DeviceToHostCopies(TorchFunctionMode):
+    """Records ``Tensor.cpu()`` / ``Tensor.tolist()`` calls into its counter's events."""
+
+    def __init__(self, events: list[HostSync]) -> None:
+        super().__init__()
+        self.events = events
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = _DEVICE_TO_HOST.get(func)
+        if name is not None:
+            site = _call_site()
+            if site is not None:
+                self.events.append(HostSync(name, site))
+        return func(*args, **(kwargs or {}))
+
+
 class HostSyncCounter(TorchDispatchMode):
     """Record every operation that would force a host sync on an accelerator (see the module doc).
 
@@ -135,16 +158,19 @@ class HostSyncCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.events: list[HostSync] = []
+        self._copies = _DeviceToHostCopies(self.events)
         self._token = None
 
     def __enter__(self):
         self._token = _counting.set(True)
+        self._copies.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
+            self._copies.__exit__(*exc)
             _counting.reset(self._token)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
