@@ -11,6 +11,7 @@ from detrlab.builders import build_datamodule, build_trainer, resolve_num_classe
 from detrlab.checkpoint import fill_from_checkpoint, load_checkpoint, model_from_checkpoint
 from detrlab.config_validation import validate_run_config
 from detrlab.utils.config_tree import print_config_tree
+from detrlab.utils.tf32 import apply_tf32
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("print_config"):
         print_config_tree(cfg)
 
+    apply_tf32(cfg.get("tf32"))
     datamodule = build_datamodule(cfg.data)
     model = model_from_checkpoint(cfg.model, checkpoint, use_averaged=cfg.get("use_averaged_weights", True))
     trainer = build_trainer(cfg.trainer, callbacks=[], loggers=[])

@@ -25,6 +25,7 @@ from detrlab.data.collate import collate_detection
 from detrlab.data.image_loading import decode_rgb
 from detrlab.errors import ConfigError, DatasetNotFoundError
 from detrlab.utils.boxes import xyxy_to_xywh
+from detrlab.utils.tf32 import apply_tf32
 from detrlab.visualization import draw_predictions
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = load_checkpoint(cfg.ckpt_path)
     fill_from_checkpoint(cfg, checkpoint)
     resolve_num_classes(cfg.data)
+    apply_tf32(cfg.get("tf32"))
     averaged = cfg.get("use_averaged_weights", True)
     model = model_from_checkpoint(cfg.model, checkpoint, use_averaged=averaged)
     datamodule = build_datamodule(cfg.data)

@@ -26,6 +26,7 @@ from detrlab.results_plot import write_results_plot
 from detrlab.utils.config_tree import print_config_tree
 from detrlab.utils.model_summary import count_parameters
 from detrlab.utils.resume import stored_tracking_ids
+from detrlab.utils.tf32 import apply_tf32
 from detrlab.utils.tracking import finish_tracking_runs
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
 
+    apply_tf32(cfg.get("tf32"))
     datamodule = build_datamodule(cfg.data)
     model = build_model(cfg.model)
     if cfg.get("init_from"):

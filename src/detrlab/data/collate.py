@@ -28,8 +28,16 @@ class Batch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """Copy of the batch with every tensor (targets included) moved to ``device``."""
+    def to(self, device: torch.device | str, non_blocking: bool | None = None) -> Batch:
+        """Copy of the batch with every tensor (targets included) moved to ``device``.
+
+        ``non_blocking`` defaults to True for accelerator targets: from pinned memory the copies
+        then overlap with the device's work (from pageable memory they stay synchronous, which is
+        still correct), so the host does not wait for the previous step. Copies to the CPU (and MPS) block,
+        since nothing would tell the host when they are done.
+        """
+        if non_blocking is None:
+            non_blocking = torch.device(device).type not in ("cpu", "mps")  # MPS: racy non_blocking copies
         return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:

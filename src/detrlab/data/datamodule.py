@@ -39,7 +39,9 @@ class CocoDataModule(L.LightningDataModule):
         batch_size: training batch size (per device).
         val_batch_size: validation batch size; defaults to ``batch_size``.
         num_workers: DataLoader worker processes.
-        pin_memory: pin batches in page-locked memory (useful on GPU).
+        pin_memory: pin batches in page-locked memory, so that their copies to the GPU run
+            asynchronously (``non_blocking``); ``None`` (default): pin when the attached trainer's
+            accelerator is a CUDA GPU, not otherwise.
         persistent_workers: keep workers alive between epochs (only used when ``num_workers > 0``).
         train_scales: shorter-side sizes sampled in training.
         max_size: cap on the longer side in training.
@@ -72,7 +74,7 @@ class CocoDataModule(L.LightningDataModule):
         batch_size: int = 2,
         val_batch_size: int | None = None,
         num_workers: int = 2,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         persistent_workers: bool = False,
         train_scales: Sequence[int] = tuple(range(480, 801, 32)),
         max_size: int = 1333,
@@ -195,10 +197,19 @@ class CocoDataModule(L.LightningDataModule):
         and ``label_to_category_id`` (the category id of each contiguous label)."""
         return self.val_dataset.coco, self.val_dataset.label_to_category_id
 
+    def pins_memory(self) -> bool:
+        """Whether the loaders pin their batches: ``pin_memory``, or when ``None`` whether the trainer
+        this data module is attached to runs on a CUDA GPU."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        trainer = getattr(self, "trainer", None)
+        root_device = getattr(getattr(trainer, "strategy", None), "root_device", None)
+        return root_device is not None and root_device.type == "cuda"
+
     def _loader_kwargs(self) -> dict[str, Any]:
         return {
             "num_workers": self.num_workers,
-            "pin_memory": self.pin_memory,
+            "pin_memory": self.pins_memory(),
             "persistent_workers": self.persistent_workers and self.num_workers > 0,
             "collate_fn": functools.partial(collate_detection, size_divisibility=self.size_divisibility),
             "timeout": self.timeout if self.num_workers > 0 else 0.0,

@@ -18,8 +18,8 @@ from detrlab.losses.sampling import (
     NEGATIVE,
     POSITIVE,
     label_by_iou,
-    subsample_labels,
-    topk_per_target,
+    subsample_masks,
+    topk_per_target_from_counts,
 )
 from detrlab.utils.boxes import cxcywh_to_xyxy
 
@@ -113,10 +113,13 @@ class IoUAssigner(nn.Module):
             valid = valid.to(device=device, dtype=torch.bool)
             iou = iou.masked_fill(~valid[None, :], -1.0)
         matched_target, match_label = label_by_iou(iou, self.thresholds, self.labels, True, valid)
-        positive, _ = subsample_labels(
+        positive, _ = subsample_masks(
             match_label, self.samples_per_image, self.positive_fraction, generator=generator
         )
-        return topk_per_target(positive, matched_target[positive], iou, self.max_positives_per_target)
+        # Positives per target, counted on the device: the only sync left is the result's length.
+        counts = torch.zeros(len(target_boxes), dtype=torch.int64, device=device)
+        counts.scatter_add_(0, matched_target, positive.long())
+        return topk_per_target_from_counts(counts, iou, self.max_positives_per_target)
 
     @torch.no_grad()
     def forward(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
@@ -130,7 +131,10 @@ class HungarianMatcher(nn.Module):
         cost = cost - self.cost_giou * generalized_box_iou(
             cxcywh_to_xyxy(flat_boxes), cxcywh_to_xyxy(target_boxes)
         )
-        if not torch.isfinite(cost).all():
+        # The solver needs the costs on the host (the one device sync here); the check reads that
+        # copy through numpy, which costs no further sync.
+        cost = cost.view(batch_size, num_queries, -1).cpu()
+        if not np.isfinite(cost.numpy()).all():
             raise ValueError(
                 "HungarianMatcher: the matching cost has NaN/inf entries, so the predictions "
                 "(pred_logits or pred_boxes) or the target boxes contain NaN/inf or degenerate values; "
@@ -138,7 +142,6 @@ class HungarianMatcher(nn.Module):
                 "invalid target boxes"
             )
 
-        cost = cost.view(batch_size, num_queries, -1).cpu()
         # Image b's targets are the b-th column block; its queries are row block b.
         per_image = cost.split(sizes, dim=-1)
         return [

@@ -12,7 +12,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["IGNORE", "NEGATIVE", "POSITIVE", "label_by_iou", "subsample_labels", "topk_per_target"]
+__all__ = [
+    "IGNORE",
+    "NEGATIVE",
+    "POSITIVE",
+    "label_by_iou",
+    "subsample_labels",
+    "subsample_masks",
+    "topk_per_target",
+    "topk_per_target_from_counts",
+]
 
 POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
 
@@ -71,13 +80,14 @@ def label_by_iou(
         if allow_low_quality_matches:
             best_per_target = iou.max(dim=1, keepdim=True).values
             is_best = (iou == best_per_target) & (best_per_target > 0)
-            match_label[is_best.any(dim=0)] = POSITIVE
+            # masked_fill, not match_label[mask] = ...: boolean-index assignment syncs on an accelerator
+            match_label = match_label.masked_fill(is_best.any(dim=0), POSITIVE)
     if valid is not None:
-        match_label[~valid] = IGNORE
+        match_label = match_label.masked_fill(~valid, IGNORE)
     return matched_target, match_label
 
 
-def subsample_labels(
+def subsample_masks(
     match_label: Tensor,
     num_samples: int,
     positive_fraction: float,
@@ -86,7 +96,11 @@ def subsample_labels(
     """Randomly pick at most ``num_samples`` labelled predictions with a bounded share of positives.
 
     At most ``int(num_samples * positive_fraction)`` positives are kept; the remaining slots are filled
-    with negatives (as many as exist). Ignored predictions (``-1``) are never picked.
+    with negatives (as many as exist). Ignored predictions (``-1``) are never picked. Every positive
+    (negative) subset of the allowed size is equally likely.
+
+    Works on fixed-size tensors (random keys ranked by one sort per label) so that nothing waits for
+    the device: the counts of positives and negatives never leave it.
 
     Args:
         match_label: int ``[N]`` labels from :func:`label_by_iou`.
@@ -95,21 +109,41 @@ def subsample_labels(
         generator: Optional random generator on ``match_label``'s device (for reproducible tests).
 
     Returns:
-        ``(positive_idx, negative_idx)``: int64 indices into ``[N]``, in random order.
+        ``(positive_mask, negative_mask)``: bool ``[N]`` each, the picked positives and negatives.
     """
     if num_samples < 0 or not 0.0 <= positive_fraction <= 1.0:
         raise ValueError(
             f"subsample_labels: need num_samples >= 0 and 0 <= positive_fraction <= 1, got "
             f"num_samples={num_samples}, positive_fraction={positive_fraction}"
         )
-    positive = torch.nonzero(match_label == POSITIVE).squeeze(1)
-    negative = torch.nonzero(match_label == NEGATIVE).squeeze(1)
-    num_positive = min(positive.numel(), int(num_samples * positive_fraction))
-    num_negative = min(negative.numel(), num_samples - num_positive)
-    device = match_label.device
-    keep_positive = torch.randperm(positive.numel(), generator=generator, device=device)[:num_positive]
-    keep_negative = torch.randperm(negative.numel(), generator=generator, device=device)[:num_negative]
-    return positive[keep_positive], negative[keep_negative]
+    is_positive, is_negative = match_label == POSITIVE, match_label == NEGATIVE
+    keys = torch.rand(match_label.shape, generator=generator, device=match_label.device)
+    positive_rank = _random_rank(keys, is_positive)
+    negative_rank = _random_rank(keys, is_negative)
+    positive = is_positive & (positive_rank < int(num_samples * positive_fraction))
+    negative = is_negative & (negative_rank < num_samples - positive.sum())
+    return positive, negative
+
+
+def _random_rank(keys: Tensor, members: Tensor) -> Tensor:
+    """long ``[N]``: the rank of each member's key among the members' keys (non-members rank after)."""
+    order = keys.masked_fill(~members, 2.0).argsort()  # keys lie in [0, 1)
+    return torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
+
+
+def subsample_labels(
+    match_label: Tensor,
+    num_samples: int,
+    positive_fraction: float,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`subsample_masks` as index tensors (two device syncs: their lengths).
+
+    Returns:
+        ``(positive_idx, negative_idx)``: int64 indices into ``[N]``, ascending.
+    """
+    positive, negative = subsample_masks(match_label, num_samples, positive_fraction, generator)
+    return positive.nonzero().squeeze(1), negative.nonzero().squeeze(1)
 
 
 def topk_per_target(prediction_idx: Tensor, target_idx: Tensor, iou: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -133,8 +167,28 @@ def topk_per_target(prediction_idx: Tensor, target_idx: Tensor, iou: Tensor, k: 
         raise ValueError(f"topk_per_target: k must be >= 1, got {k}")
     if target_idx.numel() == 0:
         return prediction_idx, target_idx
-    targets, counts = target_idx.unique(return_counts=True)
+    counts = torch.zeros(iou.shape[0], dtype=torch.int64, device=iou.device)
+    counts.scatter_add_(0, target_idx.to(iou.device), torch.ones_like(target_idx, device=iou.device))
+    return topk_per_target_from_counts(counts, iou, k)
+
+
+def topk_per_target_from_counts(counts: Tensor, iou: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Each target ``t``'s ``min(counts[t], k)`` highest-IoU predictions (see :func:`topk_per_target`).
+
+    One device sync: the length of the result, read by a single ``nonzero``.
+
+    Args:
+        counts: int64 ``[M]`` sampled positives per target.
+        iou: ``[M, N]`` IoU of targets with predictions.
+        k: Largest number of positives per target.
+
+    Returns:
+        ``(prediction_idx, target_idx)``: int64, grouped by ascending target, best IoU first.
+    """
+    if k < 1:
+        raise ValueError(f"topk_per_target: k must be >= 1, got {k}")
     k = min(k, iou.shape[1])
-    best = iou[targets].topk(k, dim=1).indices  # [T, k], best first
+    best = iou.topk(k, dim=1).indices  # [M, k], best first
     keep = torch.arange(k, device=counts.device)[None, :] < counts[:, None]
-    return best[keep], targets[:, None].expand(-1, k)[keep]
+    target_idx, rank = keep.nonzero(as_tuple=True)  # row-major: grouped by target, best first
+    return best[target_idx, rank], target_idx

@@ -179,6 +179,7 @@ class DeformableTransformer(nn.Module):
                 use_nms=self.assign_first_stage,
                 pre_nms_topk=self.pre_nms_topk,
                 nms_iou=self.proposal_nms_iou,
+                level_sizes=[h * w for h, w in spatial_shapes],
             )
             boxes_unact = enc_boxes_unact.gather(1, index[..., None].expand(-1, -1, 4)).detach()
             reference_points = boxes_unact.sigmoid()

@@ -3,14 +3,17 @@
 Wrong inputs otherwise fail deep inside a backbone or the deformable attention with a message about
 some intermediate tensor; these checks name the argument and the fix instead. They look only at
 shapes, dtypes and devices, except the all-padding check, which reads the mask's values and so
-runs only for CPU tensors: on an accelerator it would synchronise the device on every forward
-(masks built by ``detrlab.data.collate`` always have a valid pixel per image).
+runs only where reading values is free (CPU tensors, see
+:func:`detrlab.utils.host_sync.values_are_free`): on an accelerator it would synchronise the device
+on every forward (masks built by ``detrlab.data.collate`` always have a valid pixel per image).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from detrlab.utils.host_sync import values_are_free
 
 __all__ = ["check_detector_inputs"]
 
@@ -57,7 +60,7 @@ def check_detector_inputs(images: Tensor, mask: Tensor) -> None:
         raise ValueError(
             f"images are on {images.device} but mask is on {mask.device}; move both to one device"
         )
-    if mask.device.type != "cpu":
+    if not values_are_free(mask):
         return
     fully_padded = mask.flatten(1).all(dim=1)
     if bool(fully_padded.any()):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from detrlab.utils.boxes import cxcywh_to_xyxy
 
@@ -89,6 +89,7 @@ def select_two_stage_proposals(
     use_nms: bool = False,
     pre_nms_topk: int = 1000,
     nms_iou: float = 0.9,
+    level_sizes: Sequence[int] | None = None,
 ) -> Tensor:
     """Indices of the encoder tokens whose boxes become the decoder's queries.
 
@@ -98,6 +99,10 @@ def select_two_stage_proposals(
     survivors; when fewer than ``num_proposals`` survive NMS it falls back to plain top-k.
     Invalid tokens are never chosen while valid ones remain.
 
+    The NMS mode works on fixed-size tensors, with a single ``nms`` call for all images and levels,
+    so that on an accelerator it waits for the device once (that call's output length) instead of
+    once per image and level.
+
     Args:
         scores: [B, S] objectness logits.
         boxes: [B, S, 4] sigmoid cxcywh boxes (only read in NMS mode).
@@ -106,6 +111,8 @@ def select_two_stage_proposals(
         num_levels: number of levels.
         num_proposals: wanted proposals; capped at S so that small images work.
         use_nms, pre_nms_topk, nms_iou: see above.
+        level_sizes: tokens per level (host ints); counted from ``level_ids`` (one device sync)
+            when not given.
 
     Returns:
         long [B, min(num_proposals, S)], best first (NMS mode: survivors in score order).
@@ -115,29 +122,94 @@ def select_two_stage_proposals(
     plain = scores.topk(k, dim=1).indices
     if not use_nms:
         return plain
-    boxes_xyxy = cxcywh_to_xyxy(boxes.detach().float()).clamp(0, 1)
-    per_level = max(k // num_levels, 1)
-    selected = []
-    for b in range(scores.shape[0]):
-        candidates = []
-        for lvl in range(num_levels):
-            in_level = (level_ids == lvl) & valid[b]
-            idx = in_level.nonzero()[:, 0]
-            top = scores[b, idx].topk(min(pre_nms_topk, idx.numel())).indices
-            candidates.append(idx[top])
-        candidates = torch.cat(candidates)
-        keep = candidates[
-            batched_nms(boxes_xyxy[b, candidates], scores[b, candidates], level_ids[candidates], nms_iou)
-        ]
-        if keep.numel() < k:
-            log.debug("only %d proposals survive NMS (< %d): using plain top-k", keep.numel(), k)
-            selected.append(plain[b])
+    if level_sizes is None:
+        level_sizes = torch.bincount(level_ids, minlength=num_levels).tolist()
+    candidates, candidate_ok = _pre_nms_candidates(scores, valid, level_ids, level_sizes, pre_nms_topk)
+    if candidates.shape[1] < k:
+        log.debug("only %d pre-NMS candidates (< %d): using plain top-k", candidates.shape[1], k)
+        return plain
+    candidate_scores = scores.gather(1, candidates)
+    candidate_levels = level_ids[candidates]
+    survived = _nms_survivors(
+        boxes, candidates, candidate_scores, candidate_levels, candidate_ok, num_levels, nms_iou
+    )
+    selected = _cap_per_level(candidates, candidate_scores, candidate_levels, survived, num_levels, k)
+    enough = survived.sum(1, keepdim=True) >= k
+    return torch.where(enough, selected, plain)
+
+
+def _pre_nms_candidates(
+    scores: Tensor, valid: Tensor, level_ids: Tensor, level_sizes: Sequence[int], pre_nms_topk: int
+) -> tuple[Tensor, Tensor]:
+    """The ``min(pre_nms_topk, size_l)`` best tokens of every level, concatenated.
+
+    Returns:
+        ``candidates`` long [B, C] token indices and ``candidate_ok`` bool [B, C]: False where the
+        slot holds no valid token of its level (levels with fewer valid tokens than slots).
+    """
+    candidates, candidate_ok = [], []
+    for lvl, size in enumerate(level_sizes):
+        if size == 0:
             continue
-        # Rank of every survivor within its level (survivors are sorted by score).
-        one_hot = level_ids[keep][None] == torch.arange(num_levels, device=keep.device)[:, None]
-        chosen = (one_hot & (one_hot.cumsum(1) <= per_level)).any(0)
-        missing = k - int(chosen.sum())
-        if missing > 0:
-            chosen[(~chosen).nonzero()[:missing, 0]] = True
-        selected.append(keep[chosen][:k])
-    return torch.stack(selected)
+        in_level = level_ids == lvl
+        top = scores.masked_fill(~in_level, float("-inf")).topk(min(pre_nms_topk, int(size)), dim=1).indices
+        candidates.append(top)
+        candidate_ok.append(valid.gather(1, top) & in_level[top])
+    return torch.cat(candidates, 1), torch.cat(candidate_ok, 1)
+
+
+def _nms_survivors(
+    boxes: Tensor,
+    candidates: Tensor,
+    candidate_scores: Tensor,
+    candidate_levels: Tensor,
+    candidate_ok: Tensor,
+    num_levels: int,
+    nms_iou: float,
+) -> Tensor:
+    """bool [B, C]: the valid candidates that survive NMS within their (image, level).
+
+    One ``nms`` call: each (image, level) group is shifted by twice its index, which separates the
+    groups because the boxes are clamped to [0, 1]. ``batched_nms`` would do the same shift only for
+    small inputs (it loops over the groups, syncing per group, above 20000 coordinates on CUDA) and
+    in float32, where a shift of up to ``2 * B * L`` would round the coordinates; float64 keeps them
+    as they are.
+    """
+    b, c = candidates.shape
+    boxes_xyxy = cxcywh_to_xyxy(boxes.detach().double()).clamp(0, 1)
+    candidate_boxes = boxes_xyxy.gather(1, candidates[..., None].expand(-1, -1, 4))
+    image = torch.arange(b, device=candidates.device)[:, None]
+    # Every invalid slot goes into one extra group, where it can suppress no valid candidate.
+    group = torch.where(candidate_ok, image * num_levels + candidate_levels, b * num_levels)
+    candidate_boxes = candidate_boxes.masked_fill(~candidate_ok[..., None], 0.0) + 2.0 * group[..., None]
+    keep = nms(candidate_boxes.view(-1, 4), candidate_scores.double().view(-1), nms_iou)
+    survived = torch.zeros(b * c, dtype=torch.bool, device=candidates.device).index_fill_(0, keep, True)
+    return survived.view(b, c) & candidate_ok
+
+
+def _cap_per_level(
+    candidates: Tensor,
+    candidate_scores: Tensor,
+    candidate_levels: Tensor,
+    survived: Tensor,
+    num_levels: int,
+    k: int,
+) -> Tensor:
+    """long [B, k]: at most ``k // num_levels`` survivors per level in score order, topped up with the
+    best remaining survivors, returned in score order. Meaningful where at least ``k`` survived."""
+    per_level = max(k // num_levels, 1)
+    ranked_scores = candidate_scores.masked_fill(~survived, float("-inf"))
+    order = ranked_scores.sort(dim=1, descending=True, stable=True).indices  # survivors first
+    alive = survived.gather(1, order)
+    levels = candidate_levels.gather(1, order)
+    # Rank of every survivor within its level: [B, L, C] one-hot over levels, cumulated along C.
+    one_hot = (levels[:, None, :] == torch.arange(num_levels, device=levels.device)[None, :, None]) & alive[
+        :, None
+    ]
+    chosen = (one_hot & (one_hot.cumsum(2) <= per_level)).any(1)
+    missing = k - chosen.sum(1, keepdim=True)
+    spare = alive & ~chosen
+    chosen = chosen | (spare & (spare.cumsum(1) <= missing))
+    # The chosen positions in score order: a stable sort puts the chosen (0) before the rest (1).
+    first = (~chosen).to(torch.uint8).sort(dim=1, stable=True).indices[:, :k]
+    return candidates.gather(1, order.gather(1, first))
