@@ -47,15 +47,18 @@ class HungarianAssignment(nn.Module):
         if valid is None:
             return self.matcher(enc_outputs, targets)
         # Invalid tokens differ per image, so match each image on its valid tokens alone.
+        # One copy of the mask to the host for the batch; the token indices are found there.
+        valid_host = valid.cpu()
         indices = []
         for b, target in enumerate(targets):
-            keep = valid[b].nonzero().squeeze(1)
+            keep = valid_host[b].nonzero().squeeze(1)
+            keep_device = keep.to(valid.device, non_blocking=True)
             image_outputs = {
-                "pred_logits": enc_outputs["pred_logits"][b, keep][None],
-                "pred_boxes": enc_outputs["pred_boxes"][b, keep][None],
+                "pred_logits": enc_outputs["pred_logits"][b, keep_device][None],
+                "pred_boxes": enc_outputs["pred_boxes"][b, keep_device][None],
             }
             query, target_idx = self.matcher(image_outputs, [target])[0]
-            indices.append((keep.cpu()[query], target_idx))
+            indices.append((keep[query], target_idx))
         return indices
 
 

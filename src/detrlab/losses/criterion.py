@@ -23,6 +23,7 @@ from torchvision.ops import generalized_box_iou
 from detrlab.losses.matched import Indices, matched_query_index, matched_target_values, upcast_to_float32
 from detrlab.utils.boxes import cxcywh_to_xyxy
 from detrlab.utils.dist import average_across_ranks
+from detrlab.utils.host_sync import values_are_free
 
 __all__ = ["LOSS_TERMS", "SetCriterion"]
 
@@ -145,7 +146,9 @@ class SetCriterion(nn.Module):
                 "pass exactly one target dict per image"
             )
         labels = torch.cat([t["labels"].reshape(-1) for t in targets])
-        if labels.numel() and bool(((labels < 0) | (labels >= self.num_classes)).any()):
+        # Reading the labels' values blocks the host on an accelerator: checked only where it is free.
+        out_of_range = (labels < 0) | (labels >= self.num_classes)
+        if labels.numel() and values_are_free(labels) and bool(out_of_range.any()):
             raise ValueError(
                 f"SetCriterion: target labels span [{int(labels.min())}, {int(labels.max())}] but must be "
                 f"contiguous class indices in 0..{self.num_classes - 1}; map the dataset's category ids "
