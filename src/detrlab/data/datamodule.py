@@ -237,7 +237,7 @@ class CocoDataModule(L.LightningDataModule):
         ``data/replaced_images`` (the run's running total), at the step where it changed.
         """
         replaced = sum(bool(t.get("replaced_image", False)) for t in getattr(batch, "targets", []))
-        trainer = self._trainer
+        trainer = getattr(self, "trainer", None)
         if replaced and trainer is not None and trainer.training:
             self.replaced_images += replaced
             log.warning(
