@@ -57,7 +57,9 @@ def hydra_overrides(command: str) -> tuple[str, list[str]]:
     for placeholder, value in PLACEHOLDERS.items():
         command = command.replace(placeholder, value)
     unknown = re.findall(r"<[^>]+>", command)
-    assert not unknown, f"README placeholder(s) {unknown} in `{command}`: add an example value to PLACEHOLDERS"
+    assert not unknown, (
+        f"README placeholder(s) {unknown} in `{command}`: add an example value to PLACEHOLDERS"
+    )
     script, *args = shlex.split(command)
     overrides = [a for a in args if a not in ("-m", "--multirun", "--cfg", "job", "...")]
     parsed = OverridesParser.create().parse_overrides(overrides)

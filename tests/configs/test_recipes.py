@@ -105,7 +105,12 @@ PAPER_TABLE = {
         "max_size": 2000,
     },
 }
-PAPER_TABLE["deta_r50_coco_24ep"] = {**PAPER_TABLE["deta_r50_coco"], "published_ap": 51.1, "epochs": 24, "drop_after": 20}
+PAPER_TABLE["deta_r50_coco_24ep"] = {
+    **PAPER_TABLE["deta_r50_coco"],
+    "published_ap": 51.1,
+    "epochs": 24,
+    "drop_after": 20,
+}
 
 
 @pytest.fixture
@@ -176,7 +181,9 @@ def test_model_and_data_without_a_recipe_do_not_inherit_the_quickstart(compose):
     cfg = compose("model=deta_r50", "data=coco", "data.root=/data/coco", "trainer.accelerator=cpu")
     with pytest.raises(ConfigError, match=r"experiment=quickstart .* data=coco.*~experiment"):
         validate_run_config(cfg)
-    dropped = compose("~experiment", "model=deta_r50", "data=coco", "data.root=/data/coco", "trainer.accelerator=cpu")
+    dropped = compose(
+        "~experiment", "model=deta_r50", "data=coco", "data.root=/data/coco", "trainer.accelerator=cpu"
+    )
     validate_run_config(dropped)
     assert dropped.trainer.max_epochs == 50
     assert milestones_for_length(dropped.model.optim.schedule.lr_drops, 50) == [42]

@@ -21,7 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def compose(tmp_path):
     def _compose(*overrides: str):
-        return compose_config("train", ["trainer.accelerator=cpu", "print_config=false", *overrides], tmp_path)
+        return compose_config(
+            "train", ["trainer.accelerator=cpu", "print_config=false", *overrides], tmp_path
+        )
 
     yield _compose
     GlobalHydra.instance().clear()
@@ -103,7 +105,12 @@ def test_datamodule_class_count_mismatch_is_a_config_error(tmp_path):
 
 def test_a_schedule_mistake_on_the_command_line_exits_1_without_a_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), "model.optim.schedule.name=poly", "trainer.accelerator=cpu"],
+        [
+            sys.executable,
+            str(REPO_ROOT / "train.py"),
+            "model.optim.schedule.name=poly",
+            "trainer.accelerator=cpu",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -82,5 +82,9 @@ def test_on_bad_image_skip_replaces_and_counts_in_logs_and_metrics(tmp_path, cap
     assert trainer.datamodule.replaced_images == expected
     assert f"{expected} in this run so far" in caplog.text
     with open(tmp_path / "csv" / "metrics.csv") as handle:
-        counts = [float(row["data/replaced_images"]) for row in csv.DictReader(handle) if row.get("data/replaced_images")]
+        counts = [
+            float(row["data/replaced_images"])
+            for row in csv.DictReader(handle)
+            if row.get("data/replaced_images")
+        ]
     assert counts and counts[-1] == expected

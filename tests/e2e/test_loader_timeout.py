@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -35,10 +36,8 @@ class FreezeTheWorkers(L.Callback):
     def release(self) -> None:
         for pid in self.frozen:
             for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
 
 
 @pytest.fixture
@@ -55,7 +54,9 @@ def tensors_shared_by_file_name():
     torch.multiprocessing.set_sharing_strategy(previous)
 
 
-def test_hung_worker_ends_the_run_within_the_timeout(tmp_path, synthetic_data_dir, tensors_shared_by_file_name):
+def test_hung_worker_ends_the_run_within_the_timeout(
+    tmp_path, synthetic_data_dir, tensors_shared_by_file_name
+):
     cfg = compose_config(
         "train",
         [
@@ -92,8 +93,8 @@ def test_hung_worker_ends_the_run_within_the_timeout(tmp_path, synthetic_data_di
 
 
 def test_the_documented_timeout_default_is_the_constructors():
-    from detrlab.data.datamodule import CocoDataModule
-
     import inspect
+
+    from detrlab.data.datamodule import CocoDataModule
 
     assert inspect.signature(CocoDataModule).parameters["timeout"].default == 600

@@ -91,7 +91,10 @@ def test_requeue_signal_writes_an_hpc_checkpoint_that_ckpt_path_last_resumes(
     run_dir = Path(tiny_train_cfg.paths.output_dir)
     with open_dict(tiny_train_cfg):
         tiny_train_cfg.trainer.max_epochs = 2
-        tiny_train_cfg.callbacks.requeue_signal = {"_target_": f"{__name__}.RequeueSignalThenStop", "at_epoch": 1}
+        tiny_train_cfg.callbacks.requeue_signal = {
+            "_target_": f"{__name__}.RequeueSignalThenStop",
+            "at_epoch": 1,
+        }
     with pytest.raises(SimulatedJobEnd):
         train.run(tiny_train_cfg)
 

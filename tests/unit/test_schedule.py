@@ -17,7 +17,10 @@ BASE_RATES = (2e-4, 2e-5)  # two param groups (default, backbone) keep their rat
 def _optimizer() -> torch.optim.Optimizer:
     head, backbone = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     return torch.optim.AdamW(
-        [{"params": head.parameters(), "lr": BASE_RATES[0]}, {"params": backbone.parameters(), "lr": BASE_RATES[1]}]
+        [
+            {"params": head.parameters(), "lr": BASE_RATES[0]},
+            {"params": backbone.parameters(), "lr": BASE_RATES[1]},
+        ]
     )
 
 
@@ -36,7 +39,10 @@ def _rates(settings: ScheduleSettings, max_epochs: int | None, total_steps: int 
 def _check(rates, expected_factor, positions):
     for t in positions:
         for group, base in enumerate(BASE_RATES):
-            assert rates[t][group] == pytest.approx(base * expected_factor(t), rel=1e-9, abs=1e-15), (t, group)
+            assert rates[t][group] == pytest.approx(base * expected_factor(t), rel=1e-9, abs=1e-15), (
+                t,
+                group,
+            )
 
 
 def test_step_schedule_per_epoch_drops_after_the_papers_epochs():
@@ -59,7 +65,12 @@ def test_linear_warmup_then_step_per_iteration():
     # 10 epochs of 20 iterations, warmup 50 iterations from 1e-3 x lr, drop at epoch 8 = iteration 160
     warmup, start = 50, 1e-3
     settings = ScheduleSettings(
-        name="step", interval="step", lr_drops=["4/5"], gamma=0.1, warmup_iters=warmup, warmup_start_factor=start
+        name="step",
+        interval="step",
+        lr_drops=["4/5"],
+        gamma=0.1,
+        warmup_iters=warmup,
+        warmup_start_factor=start,
     )
     config, rates = _rates(settings, max_epochs=10, total_steps=200, count=200)
     assert config["interval"] == "step"
@@ -129,7 +140,7 @@ def test_warmup_past_a_drop_or_the_run_is_a_config_error():
 def test_optim_settings_read_the_schedule_node_and_reject_unknown_keys():
     settings = OptimSettings.from_dict({"lr": 1e-3, "schedule": {"name": "cosine"}})
     assert settings.schedule.name == "cosine"
-    with pytest.raises(ConfigError, match="model.optim"):
+    with pytest.raises(ConfigError, match=r"model\.optim"):
         OptimSettings.from_dict({"learning_rate": 1e-3})
     # a checkpoint written before the schedule node still loads (its schedule only mattered in training)
     assert OptimSettings.from_dict({"lr_drop_epochs": [40]}).schedule == ScheduleSettings()

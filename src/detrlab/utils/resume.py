@@ -34,7 +34,9 @@ def find_last_checkpoint(checkpoint_dir: str | Path, hpc_dir: str | Path | None 
     """
     directory = Path(checkpoint_dir)
     hpc_dirs = [Path(hpc_dir)] if hpc_dir is not None else [directory.parent, directory]
-    candidates = [p for p in directory.glob("*.ckpt") if _LAST_PATTERN.match(p.stem)] if directory.is_dir() else []
+    candidates = (
+        [p for p in directory.glob("*.ckpt") if _LAST_PATTERN.match(p.stem)] if directory.is_dir() else []
+    )
     for folder in hpc_dirs:
         if folder.is_dir():
             candidates += [p for p in folder.glob("hpc_ckpt_*.ckpt") if _HPC_PATTERN.match(p.stem)]
