@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from detrlab.errors import ConfigError
+from detrlab.schedule import ScheduleSettings
 
 __all__ = ["validate_run_config"]
 
@@ -185,4 +187,74 @@ def _requested_devices(devices) -> int | None:
     return len(list(devices))  # a list of device indices
 
 
-_CHECKS: tuple[Callable[[DictConfig], list[str]], ...] = (_detector_checks, _trainer_checks)
+#: Output stride of backbone stage s (ResNet layer s / Swin stage s): 4, 8, 16, 32.
+_STAGE_STRIDE = {1: 4, 2: 8, 3: 16, 4: 32}
+
+
+def _feature_level_checks(cfg: DictConfig) -> list[str]:
+    """Extra levels halve the coarsest backbone stage each time; past the largest image they are all 1 px."""
+    detector = _node(cfg, "model.detector")
+    if detector is None or _target_name(detector) not in _DEFORMABLE_DETECTORS:
+        return []
+    levels = detector.get("num_feature_levels")
+    stages = _node(cfg, "model.detector.backbone.return_stages")
+    data = _node(cfg, "data")
+    if levels is None or stages is None or data is None or int(levels) < 1:
+        return []
+    sizes = [data.get(key) for key in ("max_size", "eval_max_size")]
+    sizes = [int(size) for size in sizes if isinstance(size, int | float) and not isinstance(size, bool)]
+    stages = [int(stage) for stage in stages]
+    if not sizes or not stages or max(stages) not in _STAGE_STRIDE:
+        return []
+    largest = max(sizes)
+    coarsest_stage_stride = _STAGE_STRIDE[max(stages)]
+    extra = max(0, int(levels) - len(stages))
+    coarsest = coarsest_stage_stride * 2**extra
+    if coarsest <= largest:
+        return []
+    most = len(stages) + max(0, (largest // coarsest_stage_stride).bit_length() - 1)
+    return [
+        f"model.detector.num_feature_levels={levels}: the backbone gives {len(stages)} stage(s) "
+        f"(return_stages={stages}, coarsest stride {coarsest_stage_stride}) and each extra level halves the "
+        f"last one, so the coarsest level would have stride {coarsest}, larger than the largest image "
+        f"(data max_size/eval_max_size {largest} px): it would be a single pixel for every image. "
+        f"Use at most {most} levels (the papers use 4 or 5)"
+    ]
+
+
+def _schedule_checks(cfg: DictConfig) -> list[str]:
+    """The LR schedule's own values (fractions, warmup) and the quickstart recipe on other data."""
+    problems = []
+    schedule = _node(cfg, "model.optim.schedule")
+    if schedule is not None:
+        try:
+            ScheduleSettings.from_dict(OmegaConf.to_container(schedule, resolve=True))
+        except ConfigError as error:
+            problems.append(str(error).rstrip("."))
+    choices = _hydra_choices()
+    data_choice = choices.get("data")
+    if choices.get("experiment") == "quickstart" and data_choice not in (None, "synthetic"):
+        epochs = _node(cfg, "trainer.max_epochs")
+        problems.append(
+            f"experiment=quickstart (the default recipe: {epochs} epochs, sized for data=synthetic) was "
+            f"kept with data={data_choice}. Name a recipe for it (experiment=deta_r50_coco, "
+            "deta_r50_coco_24ep, deformable_detr_r50_coco, detr_r50_coco, deta_swin_coco) or drop the "
+            "quickstart with ~experiment (then trainer.max_epochs from the trainer config, and the "
+            "model's LR drops as fractions of it)"
+        )
+    return problems
+
+
+def _hydra_choices() -> dict:
+    """The config-group options picked for this run (``{}`` outside a Hydra run)."""
+    if not HydraConfig.initialized():
+        return {}
+    return dict(HydraConfig.get().runtime.choices)
+
+
+_CHECKS: tuple[Callable[[DictConfig], list[str]], ...] = (
+    _detector_checks,
+    _trainer_checks,
+    _feature_level_checks,
+    _schedule_checks,
+)

@@ -69,7 +69,7 @@ def read_detector_weights(source: str | Path) -> dict[str, Tensor]:
         if isinstance(state, dict) and any(key.startswith(_DETECTOR_PREFIX) for key in state):
             if RAW_WEIGHTS_KEY in checkpoint:
                 log.info(
-                    "model.init_from=%s: starting from its exponential moving average (EMA) weights", path
+                    "init_from=%s: starting from its exponential moving average (EMA) weights", path
                 )
             return {
                 key.removeprefix(_DETECTOR_PREFIX): value

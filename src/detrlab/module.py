@@ -12,7 +12,8 @@ from torch import nn
 from detrlab.data.collate import Batch
 from detrlab.errors import ConfigError
 from detrlab.evaluation.coco_eval import CocoEvaluator
-from detrlab.optim import OptimSettings, build_epoch_scheduler, build_optimizer
+from detrlab.optim import OptimSettings, build_optimizer
+from detrlab.schedule import build_lr_scheduler
 from detrlab.utils.finite import nonfinite_terms
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,13 @@ class DetectionModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.detector, self.optim_settings)
-        scheduler = build_epoch_scheduler(optimizer, self.optim_settings)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # The schedule's drops are fractions of the run, placed once the trainer knows its length.
+        schedule = self.optim_settings.schedule
+        total_steps = self.trainer.estimated_stepping_batches if schedule.interval == "step" else None
+        scheduler = build_lr_scheduler(
+            optimizer, schedule, max_epochs=self.trainer.max_epochs, total_steps=total_steps
+        )
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def _log_losses(
         self, stage: str, losses: dict[str, torch.Tensor], batch_size: int, on_step: bool

@@ -2,17 +2,27 @@
 
 The DETR family trains with AdamW and three learning rates: the backbone (``backbone.*``) gets a
 smaller one, the deformable-attention sampling layers (``sampling_offsets``, ``reference_points``)
-a scaled one, everything else the base rate. The schedule is a step decay counted in epochs, so it
-does not change with the number of devices or the batch size.
+a scaled one, everything else the base rate. The learning-rate schedule (``model.optim.schedule``)
+is built by :mod:`detrlab.schedule`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
+
+from detrlab.errors import ConfigError
+from detrlab.schedule import ScheduleSettings
+
+log = logging.getLogger(__name__)
+
+#: Keys of checkpoints written before the schedule became ``model.optim.schedule``; they only
+#: mattered for training, so reading such a checkpoint (eval, predict, init_from) ignores them.
+_LEGACY_SCHEDULE_KEYS = ("lr_drop_epochs", "lr_gamma")
 
 
 @dataclass
@@ -28,8 +38,7 @@ class OptimSettings:
         linear_proj_names: name fragments that select the scaled group.
         weight_decay: AdamW decoupled weight decay, applied to every group.
         betas: AdamW betas.
-        lr_drop_epochs: epochs after which the learning rate is multiplied by ``lr_gamma``.
-        lr_gamma: the decay factor.
+        schedule: the learning-rate schedule (:class:`detrlab.schedule.ScheduleSettings`).
     """
 
     lr: float = 1e-4
@@ -38,17 +47,26 @@ class OptimSettings:
     linear_proj_names: Sequence[str] = ("sampling_offsets", "reference_points")
     weight_decay: float = 1e-4
     betas: Sequence[float] = (0.9, 0.999)
-    lr_drop_epochs: Sequence[int] = field(default_factory=lambda: [200])
-    lr_gamma: float = 0.1
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> OptimSettings:
         """Build from a plain dict, naming any key that is not a known setting."""
         values = dict(values or {})
+        legacy = [key for key in _LEGACY_SCHEDULE_KEYS if key in values]
+        if legacy:
+            log.warning(
+                "model.optim.%s (an older checkpoint's schedule) is ignored: the schedule is now "
+                "model.optim.schedule.lr_drops, fractions of trainer.max_epochs.",
+                "/".join(legacy),
+            )
+            for key in legacy:
+                values.pop(key)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown key(s) under model.optim: {unknown}. Known keys: {sorted(known)}.")
+            raise ConfigError(f"Unknown key(s) under model.optim: {unknown}. Known keys: {sorted(known)}.")
+        values["schedule"] = ScheduleSettings.from_dict(values.get("schedule"))
         return cls(**values)
 
 
@@ -87,16 +105,10 @@ def build_optimizer(module: nn.Module, settings: OptimSettings) -> torch.optim.A
     """AdamW over :func:`build_param_groups` of ``module``'s parameters."""
     param_groups = build_param_groups(module.named_parameters(), settings)
     if not param_groups:
-        raise ValueError(
-            "The detector has no trainable parameters: check model.optim and the backbone's freezing."
+        raise ConfigError(
+            "The detector has no trainable parameters: every learning rate under model.optim is 0 or "
+            "every parameter is frozen; give model.optim.lr (and lr_backbone) a positive value."
         )
     return torch.optim.AdamW(
         param_groups, lr=settings.lr, weight_decay=settings.weight_decay, betas=tuple(settings.betas)
-    )
-
-
-def build_epoch_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings):
-    """Step decay at ``lr_drop_epochs`` (stepped once per epoch)."""
-    return torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=sorted(int(e) for e in settings.lr_drop_epochs), gamma=settings.lr_gamma
     )

@@ -43,8 +43,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         the value under ``cfg.optimized_metric`` is what hyper-parameter sweeps maximise.
     """
     output_dir = Path(cfg.paths.output_dir)
-    resolve_num_classes(cfg.get("data"))
+    # Config conflicts first: resolving the class count already reads the annotation file.
     validate_run_config(cfg)
+    resolve_num_classes(cfg.get("data"))
     if cfg.get("print_config", True):
         print_config_tree(cfg, save_to=output_dir / "config_tree.log")
     save_resolved_config(cfg, output_dir / "resolved_config.yaml")

@@ -35,7 +35,14 @@ def test_misspelled_key_names_the_key(tmp_path):
 
 def test_missing_dataset_names_the_path_and_the_fix(tmp_path):
     missing = tmp_path / "no_coco_here"
-    result = run_cli("train.py", "data=coco", f"data.root={missing}", "trainer.accelerator=cpu", cwd=tmp_path)
+    result = run_cli(
+        "train.py",
+        "~experiment",
+        "data=coco",
+        f"data.root={missing}",
+        "trainer.accelerator=cpu",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     assert str(missing) in result.stderr
     assert "data.root" in result.stderr

@@ -1,4 +1,7 @@
-"""Multirun sweeps through the command line: the basic sweeper and the Optuna sweeper (slow)."""
+"""Multirun sweeps through the command line: the basic sweeper and the Optuna sweeper.
+
+A minute each, so outside the default suite; CI runs them as a separate step (``pytest -m sweep``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from tests.helpers import TINY_OVERRIDES, module_available
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.sweep
 
 
 def _run(args: list[str], tmp_path: Path) -> str:

@@ -180,7 +180,7 @@ def detr_module_config(
             "matcher": _matcher("softmax", *costs, focal_alpha=0.25),
         },
         postprocess={"_target_": "detrlab.evaluation.postprocess.DetrPostProcess"},
-        optim=optim or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "lr_drop_epochs": [200]},
+        optim=optim or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "schedule": {"lr_drops": ["2/3"]}},
     )
 
 
@@ -245,7 +245,7 @@ def deformable_module_config(
             "lr_backbone": 2e-5,
             "lr_linear_proj_mult": 0.1,
             "weight_decay": 1e-4,
-            "lr_drop_epochs": [40],
+            "schedule": {"lr_drops": ["4/5"]},
         },
     )
 

@@ -123,14 +123,16 @@ def _swin_config(state: Mapping[str, Tensor], args: _Args, stages: list[int]) ->
     )
 
 
-def _optim(args: _Args, lr: float, lr_backbone: float, lr_drop: int) -> dict[str, Any]:
+def _optim(args: _Args, lr: float, lr_backbone: float, lr_drop: int, epochs: int) -> dict[str, Any]:
     values = args.values
+    # The original scripts drop once, after `lr_drop` of `epochs`: our schedule keeps the fraction.
+    drop, total = int(values.get("lr_drop", lr_drop)), int(values.get("epochs", epochs))
     return {
         "lr": float(values.get("lr", lr)),
         "lr_backbone": float(values.get("lr_backbone", lr_backbone)),
         "weight_decay": float(values.get("weight_decay", 1e-4)),
-        "lr_drop_epochs": list(values.get("lr_drop_epochs") or [values.get("lr_drop", lr_drop)]),
         "lr_linear_proj_mult": float(values.get("lr_linear_proj_mult", 0.1)),
+        "schedule": {"lr_drops": [f"{drop}/{total}"] if 0 < drop < total else []},
     }
 
 
@@ -193,7 +195,7 @@ def _deformable(state: Mapping[str, Tensor], raw_args: Any, path: Path) -> tuple
         focal_alpha=float(args("focal_alpha")),
         assign_second_stage=bool(args("assign_second_stage")) and deta and two_stage,
         criterion_num_queries=int(num_queries),
-        optim=_optim(args, 2e-4, 2e-5, 40),
+        optim=_optim(args, 2e-4, 2e-5, 40, 50),
     )
     family = "deta" if deta else "deformable_detr"
     converted = ConvertedModel(family, module, f"{path} (original {family} checkpoint)", args.notes)
@@ -239,7 +241,7 @@ def _detr(state: Mapping[str, Tensor], raw_args: Any, path: Path) -> tuple[Conve
         costs=(args("set_cost_class"), args("set_cost_bbox"), args("set_cost_giou")),
         loss_weights=(1.0, args("bbox_loss_coef"), args("giou_loss_coef")),
         eos_coef=float(args("eos_coef")),
-        optim=_optim(args, 1e-4, 1e-5, 200),
+        optim=_optim(args, 1e-4, 1e-5, 200, 300),
     )
     return ConvertedModel(
         "detr", module, f"{path} (original detr checkpoint)", args.notes

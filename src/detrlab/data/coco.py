@@ -165,11 +165,15 @@ class CocoDetection(Dataset):
         }
 
     def __getitem__(self, index: int) -> tuple[Any, Target]:
-        image, index = self._load_readable_image(index)
+        image, loaded = self._load_readable_image(index)
         height, width = image.shape[-2:]
-        target = self.load_target(index, height, width)
+        target = self.load_target(loaded, height, width)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
+        if loaded != index:
+            # Counted in the main process (CocoDataModule.on_after_batch_transfer): workers' own
+            # counters are not visible there.
+            target["replaced_image"] = torch.tensor(True)
         return image, target
 
     def _load_readable_image(self, index: int) -> tuple[tv_tensors.Image, int]:

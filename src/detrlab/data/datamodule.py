@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,10 +13,14 @@ import lightning as L
 from torch.utils.data import DataLoader, RandomSampler
 
 from detrlab.data.coco import CocoDetection
-from detrlab.data.collate import collate_detection
+from detrlab.data.collate import Batch, collate_detection
+from detrlab.data.image_loading import BAD_IMAGE_POLICIES
 from detrlab.data.samplers import GroupedBatchSampler, aspect_ratio_groups
 from detrlab.data.synthetic import SHAPE_NAMES, generate_shapes_dataset
 from detrlab.data.transforms import eval_transforms, train_transforms
+from detrlab.errors import ConfigError, DatasetValidationError
+
+log = logging.getLogger(__name__)
 
 #: Where each split lives under a COCO 2017 ``root`` (used for paths that are not given explicitly).
 COCO2017_LAYOUT = {
@@ -55,11 +60,12 @@ class CocoDataModule(L.LightningDataModule):
             :mod:`detrlab.data.validation`.
         validate_images: at start-up also decode every image and compare its size with the JSON (slow).
         on_bad_image: an undecodable training image at run time: "error" (default) or "skip" (the sample
-            is replaced by the next readable one and logged). Validation images always raise; use
+            is replaced by the next readable one; each replacement is logged and the running count
+            is the metric ``data/replaced_images``). Validation images always raise; use
             ``validate_images`` with ``on_bad_annotation=skip`` to drop them up front.
         timeout: seconds a DataLoader waits for a batch from a worker before failing (only with
-            ``num_workers > 0``; 0 waits forever). A crashed worker is reported by the DataLoader
-            itself; the timeout also ends a worker that hangs.
+            ``num_workers > 0``; 0 waits forever; default 600). A crashed worker is reported by the
+            DataLoader itself; the timeout also ends a worker that hangs.
         root: dataset folder; any of the four paths above left unset follows the COCO 2017 layout under it
             (``train2017/``, ``val2017/``, ``annotations/instances_{train,val}2017.json``).
     """
@@ -87,7 +93,7 @@ class CocoDataModule(L.LightningDataModule):
         on_bad_annotation: str = "strict",
         validate_images: bool = False,
         on_bad_image: str = "error",
-        timeout: float = 0.0,
+        timeout: float = 600.0,
         root: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
@@ -111,8 +117,16 @@ class CocoDataModule(L.LightningDataModule):
         self.aspect_ratio_grouping = aspect_ratio_grouping
         self.size_divisibility = size_divisibility
         self.dataset_checks = {"on_bad_annotation": on_bad_annotation, "validate_images": validate_images}
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ConfigError(
+                f"data.on_bad_image={on_bad_image!r}: choose one of {list(BAD_IMAGE_POLICIES)}."
+            )
         self.on_bad_image = on_bad_image
+        if float(timeout) < 0:
+            raise ConfigError(f"data.timeout={timeout} must be >= 0 seconds (0 waits forever).")
         self.timeout = float(timeout)
+        #: Training samples replaced because their image could not be read, over all workers.
+        self.replaced_images = 0
         self._train_dataset: CocoDetection | None = None
         self._val_dataset: CocoDetection | None = None
 
@@ -120,7 +134,7 @@ class CocoDataModule(L.LightningDataModule):
         if path is not None:
             return Path(path)
         if self.root is None:
-            raise ValueError(f"No path for {key}: set data.{key}=... or data.root=/path/to/coco.")
+            raise ConfigError(f"No path for data.{key}: set data.{key}=... or data.root=/path/to/coco.")
         return self.root / COCO2017_LAYOUT[key]
 
     def setup(self, stage: str | None = None) -> None:
@@ -143,7 +157,7 @@ class CocoDataModule(L.LightningDataModule):
                 )
             )
             if self._train_dataset.label_to_category_id != self._val_dataset.label_to_category_id:
-                raise ValueError(
+                raise DatasetValidationError(
                     f"Train annotations '{self.train_annotations}' and val annotations '{self.val_annotations}' "
                     f"have different category ids ({self._train_dataset.label_to_category_id} vs "
                     f"{self._val_dataset.label_to_category_id}); use annotation files with the same categories."
@@ -156,8 +170,8 @@ class CocoDataModule(L.LightningDataModule):
     def _check_num_classes(self, dataset: CocoDetection) -> CocoDetection:
         expected = self.expected_num_classes
         if expected is not None and expected != dataset.num_classes:
-            raise ValueError(
-                f"num_classes={expected} is configured, but '{dataset.annotation_file}' has "
+            raise ConfigError(
+                f"data.num_classes={expected} is configured, but '{dataset.annotation_file}' has "
                 f"{dataset.num_classes} categories. Set data.num_classes={dataset.num_classes} "
                 "(and the model's num_classes to the same value)."
             )
@@ -231,6 +245,28 @@ class CocoDataModule(L.LightningDataModule):
         return DataLoader(
             self.val_dataset, batch_size=self.val_batch_size, shuffle=False, **self._loader_kwargs()
         )
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Count the training samples whose unreadable image was replaced (``data.on_bad_image=skip``).
+
+        The count is logged (a warning per batch with replacements) and sent to every logger as
+        ``data/replaced_images`` (the run's running total), at the step where it changed.
+        """
+        replaced = sum(bool(t.get("replaced_image", False)) for t in getattr(batch, "targets", []))
+        trainer = getattr(self, "trainer", None)
+        if replaced and trainer is not None and trainer.training:
+            self.replaced_images += replaced
+            log.warning(
+                "%d unreadable training image(s) replaced in this batch, %d in this run so far "
+                "(data.on_bad_image=skip)",
+                replaced,
+                self.replaced_images,
+            )
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {"data/replaced_images": float(self.replaced_images)}, step=trainer.global_step
+                )
+        return batch
 
 
 def _scaled(image_size: int, fractions: Sequence[float]) -> list[int]:

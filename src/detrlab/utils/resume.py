@@ -15,19 +15,39 @@ log = logging.getLogger(__name__)
 CHECKPOINT_TRACKING_KEY = "detrlab_tracking"
 
 _LAST_PATTERN = re.compile(r"^last(-v?\d+)?$")
+_HPC_PATTERN = re.compile(r"^hpc_ckpt_(\d+)$")
 
 
-def find_last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The most recently written ``last*.ckpt`` in ``checkpoint_dir`` (``None`` when there is none).
+def find_last_checkpoint(checkpoint_dir: str | Path, hpc_dir: str | Path | None = None) -> Path | None:
+    """The newest checkpoint a run can resume from (``None`` when there is none).
 
-    ``last.ckpt`` is written by ``ModelCheckpoint(save_last=True)`` after each epoch and by the
-    stop callback on Ctrl-C / SIGTERM; Lightning names a second copy ``last-v1.ckpt``.
+    Two kinds are written during a run, and a requeued job must take whichever is newer:
+
+    - ``last*.ckpt`` in ``checkpoint_dir``, written by ``ModelCheckpoint`` after each validation and
+      by the stop callback on Ctrl-C / SIGTERM (Lightning names a second copy ``last-v1.ckpt``);
+    - ``hpc_ckpt_N.ckpt``, written by Lightning's SLURM plugin on the requeue signal (SIGUSR1) into
+      the trainer's ``default_root_dir``, the run folder: ``hpc_dir``, by default the parent of
+      ``checkpoint_dir`` (``<run>/checkpoints``) and ``checkpoint_dir`` itself.
+
+    The newest file (modification time) wins; between two HPC checkpoints written in the same
+    clock tick, the higher ``N``.
     """
     directory = Path(checkpoint_dir)
-    if not directory.is_dir():
+    hpc_dirs = [Path(hpc_dir)] if hpc_dir is not None else [directory.parent, directory]
+    candidates = (
+        [p for p in directory.glob("*.ckpt") if _LAST_PATTERN.match(p.stem)] if directory.is_dir() else []
+    )
+    for folder in hpc_dirs:
+        if folder.is_dir():
+            candidates += [p for p in folder.glob("hpc_ckpt_*.ckpt") if _HPC_PATTERN.match(p.stem)]
+    if not candidates:
         return None
-    candidates = [p for p in directory.glob("*.ckpt") if _LAST_PATTERN.match(p.stem)]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    return max(set(candidates), key=_recency)
+
+
+def _recency(path: Path) -> tuple[int, int]:
+    match = _HPC_PATTERN.match(path.stem)
+    return path.stat().st_mtime_ns, int(match.group(1)) if match else -1
 
 
 def stored_tracking_ids(checkpoint_path: str | Path) -> dict[str, Any]:
