@@ -148,10 +148,16 @@ def test_recipe_composes_to_the_papers_hyper_parameters(recipe, compose):
     assert dict(cfg.model.criterion.loss_weights) == row["loss_weights"]
     if "levels" in row:
         assert detector.num_feature_levels == row["levels"]
-        assert detector.two_stage is row["two_stage"]
-        assert detector.with_box_refine is row["box_refine"]
-        assert cfg.model.criterion.assign_first_stage is row["assign_first_stage"]
-        assert cfg.model.criterion.assign_second_stage is row["assign_second_stage"]
+        # the DETA class is two-stage with box refinement by definition (it takes neither flag)
+        is_deta = detector._target_.endswith(".DETA")
+        assert detector.get("two_stage", is_deta) is row["two_stage"]
+        assert detector.get("with_box_refine", is_deta) is row["box_refine"]
+        assignment = cfg.model.criterion.assignment
+        iou_assigned = assignment._target_.endswith(".DetaAssignment")
+        assert (iou_assigned and assignment.get("stage1_assigner") is not None) is row["assign_first_stage"]
+        assert (iou_assigned and assignment.get("stage2_assigner") is not None) is row["assign_second_stage"]
+        # NMS proposal selection goes with the stage-1 assignment
+        assert detector.assign_first_stage is row["assign_first_stage"]
     # the published AP is stated in the recipe
     assert f"{row['published_ap']} AP" in (CONFIG_DIR / "experiment" / f"{recipe}.yaml").read_text()
 

@@ -17,7 +17,8 @@ def _deta(tmp_path, num_classes: int):
     GlobalHydra.instance().clear()
     module = build_model(cfg.model)
     assert type(module.detector).__name__ == "DETA"
-    assert module.criterion.assign_first_stage and module.criterion.assign_second_stage
+    assignment = module.criterion.assignment
+    assert assignment.stage1_assigner is not None and assignment.stage2_assigner is not None
     return module.train()
 
 
