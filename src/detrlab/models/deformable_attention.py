@@ -247,9 +247,9 @@ class MultiScaleDeformableAttention(nn.Module):
 
         if reference_points.shape[-1] == 2:
             # Offsets are in cells of each level: divide by that level's (w, h).
-            normalizer = torch.tensor(
-                [[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=offsets.device
-            )
+            # Built from tensor ops, not torch.tensor(), so that exported graphs keep (h, w) symbolic.
+            one = offsets.new_ones(())
+            normalizer = torch.stack([torch.stack((one * w, one * h)) for h, w in spatial_shapes])
             locations = (
                 reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
             )

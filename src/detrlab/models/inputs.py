@@ -3,8 +3,9 @@
 Wrong inputs otherwise fail deep inside a backbone or the deformable attention with a message about
 some intermediate tensor; these checks name the argument and the fix instead. They look only at
 shapes, dtypes and devices, except the all-padding check, which reads the mask's values and so
-runs only for CPU tensors: on an accelerator it would synchronise the device on every forward
-(masks built by ``detrlab.data.collate`` always have a valid pixel per image).
+runs only for CPU tensors outside export/compile tracing: on an accelerator it would synchronise the
+device on every forward, and a traced graph cannot branch on values (masks built by
+``detrlab.data.collate`` always have a valid pixel per image).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def check_detector_inputs(images: Tensor, mask: Tensor) -> None:
         raise ValueError(
             f"images are on {images.device} but mask is on {mask.device}; move both to one device"
         )
-    if mask.device.type != "cpu":
+    # Tracing for export or compilation sees symbolic values: a branch on them cannot be traced.
+    if mask.device.type != "cpu" or torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return
     fully_padded = mask.flatten(1).all(dim=1)
     if bool(fully_padded.any()):

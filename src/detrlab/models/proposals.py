@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from detrlab.models.static_proposals import select_two_stage_proposals_static
 from detrlab.utils.boxes import cxcywh_to_xyxy
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,12 @@ def select_two_stage_proposals(
     plain = scores.topk(k, dim=1).indices
     if not use_nms:
         return plain
+    if torch.compiler.is_exporting():
+        # The per-image loop below has data-dependent shapes; exported graphs take the
+        # fixed-shape equivalent (same indices, checked by the tests).
+        return select_two_stage_proposals_static(
+            scores, boxes, valid, level_ids, num_levels, num_proposals, pre_nms_topk, nms_iou
+        )
     boxes_xyxy = cxcywh_to_xyxy(boxes.detach().float()).clamp(0, 1)
     per_level = max(k // num_levels, 1)
     selected = []
