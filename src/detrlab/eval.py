@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from detrlab.builders import build_datamodule, build_trainer, resolve_num_classes
 from detrlab.checkpoint import fill_from_checkpoint, load_checkpoint, model_from_checkpoint
 from detrlab.config_validation import validate_run_config
+from detrlab.evaluation.plots import evaluation_figures, save_figures
 from detrlab.utils.config_tree import print_config_tree
 from detrlab.utils.tf32 import apply_tf32
 
@@ -19,8 +20,9 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` on the validation split of ``cfg.data``.
 
-    Prints the 12-number COCO summary and writes the predictions as a COCO results JSON to
-    ``cfg.results_file``.
+    Prints the 12-number COCO summary, writes the predictions as a COCO results JSON to
+    ``cfg.results_file`` and the precision-recall, F1-confidence and confusion-matrix PNGs to
+    ``cfg.plots_dir``.
 
     Returns:
         The ``val/*`` metrics as floats.
@@ -46,4 +48,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             path.parent.mkdir(parents=True, exist_ok=True)
             model.evaluator.write_results(path)
             log.info("Predictions written to %s", path)
+        if cfg.get("plots_dir"):
+            figures = evaluation_figures(
+                model.evaluator,
+                iou_threshold=float(cfg.get("plots_iou_threshold", 0.5)),
+                score_threshold=float(cfg.get("plots_score_threshold", 0.3)),
+            )
+            save_figures(figures, cfg.plots_dir)
+            log.info("Evaluation plots written to %s", cfg.plots_dir)
     return metrics

@@ -131,6 +131,7 @@ def test_every_logger_records_the_run(no_wandb_credentials, tmp_path, synthetic_
     events.Reload()
     assert {"val/AP", "train/loss_step", "lr-AdamW/default"} <= set(events.Tags()["scalars"])
     assert "val/AP_per_class/text_summary" in events.Tags()["tensors"]
+    assert {"val/plots/pr_curve_iou50", "val/plots/confusion_matrix"} <= set(events.Tags()["images"])
 
     # W&B, offline: the run file's history holds val/AP, the config holds the run record.
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
@@ -140,6 +141,7 @@ def test_every_logger_records_the_run(no_wandb_credentials, tmp_path, synthetic_
     # the per-class table is a W&B media item: its history entry has nested keys (sha256, path, ...)
     assert any(key.startswith("val/AP_per_class_table/") for row in history for key in row)
     assert any(key.startswith("val/AP_per_class/") for row in history for key in row)
+    assert any(key.startswith("val/plots/f1_confidence/") for row in history for key in row)
     assert config["run"]["effective_batch_size"] == 4
     assert config["model"]["optim"]["lr"] == pytest.approx(cfg.model.optim.lr)
 

@@ -4,6 +4,7 @@ from detrlab.callbacks.atomic_checkpoint import AtomicCheckpointIO
 from detrlab.callbacks.checkpoint_on_stop import CheckpointOnStop
 from detrlab.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from detrlab.callbacks.ema import ExponentialMovingAverage
+from detrlab.callbacks.evaluation_plots import EvaluationPlots
 from detrlab.callbacks.log_detections import LogDetections
 from detrlab.callbacks.nonfinite_guard import NonFiniteGuard
 from detrlab.callbacks.per_class_ap import PerClassAPLogger
@@ -16,6 +17,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointOnStop",
     "ConfigInCheckpoint",
+    "EvaluationPlots",
     "ExponentialMovingAverage",
     "LogDetections",
     "NonFiniteGuard",

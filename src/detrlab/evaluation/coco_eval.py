@@ -117,6 +117,18 @@ class CocoEvaluator:
         """Sorted ids of the images that have been passed to :meth:`update` (after gather: all ranks)."""
         return sorted(self._predictions)
 
+    @property
+    def predictions(self) -> dict[int, np.ndarray]:
+        """``image_id -> float64 [K, 6]`` rows ``(x, y, w, h, score, category_id)`` in original-image
+        pixels (dataset category ids), as accumulated so far. Read only."""
+        return self._predictions
+
+    @property
+    def coco_eval(self) -> COCOeval_faster | None:
+        """The accumulated ``COCOeval_faster`` of the last :meth:`compute` (its ``eval["precision"]``
+        and ``eval["scores"]`` arrays feed the curves); ``None`` before it or when there was no detection."""
+        return self._eval
+
     def update(self, image_ids: Sequence[int], predictions: Sequence[dict[str, torch.Tensor]]) -> None:
         """Add the detections of some images.
 

@@ -338,11 +338,16 @@ class MultiScaleDeformableAttention(nn.Module):
         weights = self.attention_weights(query).view(b, q, heads, levels * points).softmax(-1)
         weights = weights.view(b, q, heads, levels, points)
 
-        tables = level_tables(spatial_shapes, value.device)
+        # Exported graphs keep (h, w) symbolic: no cached tables (they would fix the sizes) while exporting.
+        tables = None if torch.compiler.is_exporting() else level_tables(spatial_shapes, value.device)
         if reference_points.shape[-1] == 2:
             # Offsets are in cells of each level: divide by that level's (w, h) (float32 table, so
             # the locations stay float32 under autocast).
-            normalizer = tables.offset_normalizer
+            if tables is not None:
+                normalizer = tables.offset_normalizer
+            else:
+                one = offsets.new_ones((), dtype=torch.float32)
+                normalizer = torch.stack([torch.stack((one * w, one * h)) for h, w in spatial_shapes])
             locations = (
                 reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
             )

@@ -99,9 +99,10 @@ class DeformableEncoder(nn.Module):
         """
         points = []
         for lvl, (h, w) in enumerate(spatial_shapes):
+            # arange + 0.5 (the same values as linspace(0.5, h - 0.5, h)) keeps h symbolic when exported
             ys, xs = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=valid_ratios.dtype, device=valid_ratios.device),
-                torch.linspace(0.5, w - 0.5, w, dtype=valid_ratios.dtype, device=valid_ratios.device),
+                torch.arange(h, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
+                torch.arange(w, dtype=valid_ratios.dtype, device=valid_ratios.device) + 0.5,
                 indexing="ij",
             )
             x = xs.reshape(1, -1) / (valid_ratios[:, None, lvl, 0] * w)

@@ -4,8 +4,9 @@ Wrong inputs otherwise fail deep inside a backbone or the deformable attention w
 some intermediate tensor; these checks name the argument and the fix instead. They look only at
 shapes, dtypes and devices, except the all-padding check, which reads the mask's values and so
 runs only where reading values is free (CPU tensors, see
-:func:`detrlab.utils.host_sync.values_are_free`): on an accelerator it would synchronise the device
-on every forward (masks built by ``detrlab.data.collate`` always have a valid pixel per image).
+:func:`detrlab.utils.host_sync.values_are_free`) and outside export/compile tracing: on an accelerator
+it would synchronise the device on every forward, and a traced graph cannot branch on values (masks
+built by ``detrlab.data.collate`` always have a valid pixel per image).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def check_detector_inputs(images: Tensor, mask: Tensor) -> None:
         raise ValueError(
             f"images are on {images.device} but mask is on {mask.device}; move both to one device"
         )
-    if not values_are_free(mask):
+    # Tracing for export or compilation sees symbolic values: a branch on them cannot be traced.
+    if not values_are_free(mask) or torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return
     fully_padded = mask.flatten(1).all(dim=1)
     if bool(fully_padded.any()):

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
+from detrlab.models.static_proposals import select_two_stage_proposals_static
 from detrlab.utils.boxes import cxcywh_to_xyxy
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,12 @@ def select_two_stage_proposals(
     plain = scores.topk(k, dim=1).indices
     if not use_nms:
         return plain
+    if torch.compiler.is_exporting():
+        # Exported graphs take the fixed-shape equivalent (same indices, checked by the tests): the
+        # candidate counts below are read as Python ints, which would fix the image size.
+        return select_two_stage_proposals_static(
+            scores, boxes, valid, level_ids, num_levels, num_proposals, pre_nms_topk, nms_iou
+        )
     if level_sizes is None:
         level_sizes = torch.bincount(level_ids, minlength=num_levels).tolist()
     candidates, candidate_ok = _pre_nms_candidates(scores, valid, level_ids, level_sizes, pre_nms_topk)
