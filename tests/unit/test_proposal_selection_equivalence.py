@@ -41,7 +41,11 @@ def _per_image_selection(scores, boxes, valid, level_ids, num_levels, num_propos
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_selection_equals_per_image_loop(seed):
+@pytest.mark.parametrize("nms_calls", ["per_group", "single_call"])
+def test_selection_equals_per_image_loop(seed, nms_calls, monkeypatch):
+    if nms_calls == "single_call":
+        # the accelerator path (one shifted nms for every group), taken where values are not free
+        monkeypatch.setattr("detrlab.models.proposals.values_are_free", lambda tensor: False)
     g = torch.Generator().manual_seed(seed)
     shapes = [(12, 15), (6, 8), (3, 4), (2, 2)]
     level_ids = torch.cat([torch.full((h * w,), lvl) for lvl, (h, w) in enumerate(shapes)])

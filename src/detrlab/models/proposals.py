@@ -12,6 +12,7 @@ from torchvision.ops import nms
 
 from detrlab.models.static_proposals import select_two_stage_proposals_static
 from detrlab.utils.boxes import cxcywh_to_xyxy
+from detrlab.utils.host_sync import values_are_free
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def _nms_survivors(
 ) -> Tensor:
     """bool [B, C]: the valid candidates that survive NMS within their (image, level).
 
-    One ``nms`` call: each (image, level) group is shifted by twice its index, which separates the
+    On an accelerator, one ``nms`` call: each (image, level) group is shifted by twice its index, which separates the
     groups because the boxes are clamped to [0, 1]. ``batched_nms`` would do the same shift only for
     small inputs (it loops over the groups, syncing per group, above 20000 coordinates on CUDA) and
     in float32, where a shift of up to ``2 * B * L`` would round the coordinates; float64 keeps them
@@ -188,9 +189,21 @@ def _nms_survivors(
     image = torch.arange(b, device=candidates.device)[:, None]
     # Every invalid slot goes into one extra group, where it can suppress no valid candidate.
     group = torch.where(candidate_ok, image * num_levels + candidate_levels, b * num_levels)
-    candidate_boxes = candidate_boxes.masked_fill(~candidate_ok[..., None], 0.0) + 2.0 * group[..., None]
-    keep = nms(candidate_boxes.view(-1, 4), candidate_scores.double().view(-1), nms_iou)
-    survived = torch.zeros(b * c, dtype=torch.bool, device=candidates.device).index_fill_(0, keep, True)
+    candidate_boxes = candidate_boxes.masked_fill(~candidate_ok[..., None], 0.0)
+    flat_scores = candidate_scores.double().view(-1)
+    survived = torch.zeros(b * c, dtype=torch.bool, device=candidates.device)
+    if values_are_free(candidates):
+        # Nothing waits for a device here, and greedy NMS costs the square of its box count: one
+        # call per (image, level) group does the sum of the groups' squares instead (same survivors).
+        flat_boxes, flat_group = candidate_boxes.view(-1, 4), group.view(-1)
+        for g in range(b * num_levels):
+            members = (flat_group == g).nonzero().squeeze(1)
+            if members.numel():
+                survived[members[nms(flat_boxes[members], flat_scores[members], nms_iou)]] = True
+        return survived.view(b, c) & candidate_ok
+    shifted = candidate_boxes + 2.0 * group[..., None]
+    keep = nms(shifted.view(-1, 4), flat_scores, nms_iou)
+    survived.index_fill_(0, keep, True)
     return survived.view(b, c) & candidate_ok
 
 
