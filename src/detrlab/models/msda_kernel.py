@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, library
 
 from detrlab.errors import ConfigError, KernelUnavailableError
+from detrlab.models.msda_autograd import register_deformable_autograd
 
 log = logging.getLogger(__name__)
 
@@ -173,24 +174,12 @@ def _register_python_side() -> None:
     def _backward_fake(value, spatial_shapes, level_start_index, sampling_loc, attn_weight, grad_output):
         return torch.empty_like(value), torch.empty_like(sampling_loc), torch.empty_like(attn_weight)
 
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, grad_output):
-        value, shapes, starts, loc, weight = ctx.saved_tensors
-        grad_value, grad_loc, grad_weight = torch.ops.detrlab.ms_deform_attn_backward(
-            value, shapes, starts, loc, weight, grad_output.contiguous()
-        )
-        needs = ctx.needs_input_grad
-        return (
-            grad_value if needs[0] else None,
-            None,
-            None,
-            grad_loc if needs[3] else None,
-            grad_weight if needs[4] else None,
+    def backward_kernel(value, shapes, starts, locations, weights, grad_output):
+        return torch.ops.detrlab.ms_deform_attn_backward(
+            value, shapes, starts, locations, weights, grad_output.contiguous()
         )
 
-    library.register_autograd("detrlab::ms_deform_attn", backward, setup_context=setup_context)
+    register_deformable_autograd("detrlab::ms_deform_attn", backward_kernel)
     _state["registered"] = True
 
 

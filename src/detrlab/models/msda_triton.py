@@ -30,8 +30,9 @@ from collections.abc import Sequence
 import torch
 import triton
 from torch import Tensor
-from torch.library import register_autograd, triton_op, wrap_triton
+from torch.library import triton_op, wrap_triton
 
+from detrlab.models.msda_autograd import register_deformable_autograd
 from detrlab_ops import msda_triton as kernels
 
 __all__ = ["block_sizes", "ms_deform_attn_triton", "unavailable_reason"]
@@ -160,32 +161,20 @@ def _backward(
     return grad_value.to(value.dtype), grad_loc, grad_weight
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _autograd_backward(ctx, grad_output: Tensor):
-    value, shapes, starts, loc, weight = ctx.saved_tensors
-    grad_value, grad_loc, grad_weight = _backward(
+def _backward_for_autograd(value, shapes, starts, locations, weights, grad_output):
+    # The deterministic setting is read when backward runs, not when the forward was recorded.
+    return _backward(
         value,
         shapes,
         starts,
-        loc,
-        weight,
+        locations,
+        weights,
         grad_output.to(value.dtype).contiguous(),
         torch.are_deterministic_algorithms_enabled(),
     )
-    needs = ctx.needs_input_grad
-    return (
-        grad_value if needs[0] else None,
-        None,
-        None,
-        grad_loc if needs[3] else None,
-        grad_weight if needs[4] else None,
-    )
 
 
-register_autograd("detrlab::msda_triton_forward", _autograd_backward, setup_context=_setup_context)
+register_deformable_autograd("detrlab::msda_triton_forward", _backward_for_autograd)
 
 
 def _check_inputs(
