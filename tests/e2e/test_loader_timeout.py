@@ -14,6 +14,7 @@ import torch.multiprocessing
 from hydra.core.global_hydra import GlobalHydra
 
 from detrlab.builders import build_datamodule, build_model
+from detrlab.data.loader import DataLoaderTimeoutError
 from tests.helpers import TINY_OVERRIDES, compose_config
 
 TIMEOUT_S = 3
@@ -82,12 +83,16 @@ def test_hung_worker_ends_the_run_within_the_timeout(
         limit_val_batches=0,
     )
     try:
-        with pytest.raises(RuntimeError, match=rf"DataLoader timed out after {TIMEOUT_S}(\.0)? seconds"):
+        with pytest.raises(
+            DataLoaderTimeoutError, match=rf"DataLoader timed out after {TIMEOUT_S}(\.0)? seconds"
+        ) as raised:
             trainer.fit(model, datamodule=datamodule)
         waited = time.monotonic() - freezer.frozen_at
     finally:
         freezer.release()
     assert freezer.frozen, "no data-loader worker was running"
+    # the message names the setting, as the entry points print it (exit 1, no traceback)
+    assert f"data.timeout={TIMEOUT_S}" in str(raised.value) and "data.num_workers=1" in str(raised.value)
     # Batches the worker had prefetched are consumed first; then the wait is the timeout itself.
     assert waited < TIMEOUT_S + 20
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from detrlab.data.coco import CocoDetection
 from detrlab.data.collate import Batch, collate_detection
 from detrlab.data.image_loading import BAD_IMAGE_POLICIES
+from detrlab.data.loader import DetectionDataLoader
 from detrlab.data.samplers import GroupedBatchSampler, aspect_ratio_groups
 from detrlab.data.synthetic import SHAPE_NAMES, generate_shapes_dataset
 from detrlab.data.transforms import eval_transforms, train_transforms
@@ -236,13 +237,13 @@ class CocoDataModule(L.LightningDataModule):
             batch_sampler = GroupedBatchSampler(
                 RandomSampler(dataset), aspect_ratio_groups(dataset.aspect_ratios()), self.batch_size
             )
-            return DataLoader(dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
-        return DataLoader(
+            return DetectionDataLoader(dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
+        return DetectionDataLoader(
             dataset, batch_size=self.batch_size, shuffle=True, drop_last=False, **self._loader_kwargs()
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return DetectionDataLoader(
             self.val_dataset, batch_size=self.val_batch_size, shuffle=False, **self._loader_kwargs()
         )
 
