@@ -68,9 +68,7 @@ def read_detector_weights(source: str | Path) -> dict[str, Tensor]:
         state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
         if isinstance(state, dict) and any(key.startswith(_DETECTOR_PREFIX) for key in state):
             if RAW_WEIGHTS_KEY in checkpoint:
-                log.info(
-                    "init_from=%s: starting from its exponential moving average (EMA) weights", path
-                )
+                log.info("init_from=%s: starting from its exponential moving average (EMA) weights", path)
             return {
                 key.removeprefix(_DETECTOR_PREFIX): value
                 for key, value in state.items()

@@ -180,7 +180,8 @@ def detr_module_config(
             "matcher": _matcher("softmax", *costs, focal_alpha=0.25),
         },
         postprocess={"_target_": "detrlab.evaluation.postprocess.DetrPostProcess"},
-        optim=optim or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "schedule": {"lr_drops": ["2/3"]}},
+        optim=optim
+        or {"lr": 1e-4, "lr_backbone": 1e-5, "weight_decay": 1e-4, "schedule": {"lr_drops": ["2/3"]}},
     )
 
 
