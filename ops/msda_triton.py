@@ -89,6 +89,27 @@ def _corner(x0, y0, lx, ly, inside, height, width, corner: tl.constexpr):
     return index, valid, wx * wy, (2 * dx - 1) * wy, (2 * dy - 1) * wx
 
 
+@triton.jit
+def _query_block(
+    num_queries,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """This program's (head, batch), its BLOCK_Q queries and BLOCK_D channels with their masks, and
+    the (b, q, h) row of every query (int64, so large batches cannot overflow)."""
+    q_block = tl.program_id(0)
+    head = tl.program_id(1)
+    batch = tl.program_id(2).to(tl.int64)
+    queries = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_mask = queries < num_queries
+    channels = tl.arange(0, BLOCK_D)
+    d_mask = channels < HEAD_DIM
+    rows = (batch * num_queries + queries) * NUM_HEADS + head
+    return head, batch, q_mask, channels, d_mask, rows
+
+
 @triton.jit(do_not_specialize=_RUNTIME_SIZES)
 def msda_forward_kernel(
     value_ptr,
@@ -107,16 +128,10 @@ def msda_forward_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """Program (query block, head, batch): out[b, block, h, :] for BLOCK_Q queries, all D channels."""
-    q_block = tl.program_id(0)
-    head = tl.program_id(1)
-    batch = tl.program_id(2).to(tl.int64)
-    queries = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = queries < num_queries
-    channels = tl.arange(0, BLOCK_D)
-    d_mask = channels < HEAD_DIM
+    head, batch, q_mask, channels, d_mask, rows = _query_block(
+        num_queries, NUM_HEADS, HEAD_DIM, BLOCK_Q, BLOCK_D
+    )
     token_stride = NUM_HEADS * HEAD_DIM
-    # (b, q, h) row of every query of the block; int64 so large batches cannot overflow
-    rows = (batch * num_queries + queries) * NUM_HEADS + head
     value_bh = value_ptr + batch * num_tokens * token_stride + head * HEAD_DIM
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=loc_ptr.dtype.element_ty)
     for level in range(NUM_LEVELS):
@@ -168,15 +183,10 @@ def msda_backward_kernel(
     atomic adds into a zero-initialised buffer in the arithmetic dtype (float32 / float64) when
     ACCUMULATE_GRAD_VALUE; otherwise it is left to the deterministic kernel.
     """
-    q_block = tl.program_id(0)
-    head = tl.program_id(1)
-    batch = tl.program_id(2).to(tl.int64)
-    queries = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_mask = queries < num_queries
-    channels = tl.arange(0, BLOCK_D)
-    d_mask = channels < HEAD_DIM
+    head, batch, q_mask, channels, d_mask, rows = _query_block(
+        num_queries, NUM_HEADS, HEAD_DIM, BLOCK_Q, BLOCK_D
+    )
     token_stride = NUM_HEADS * HEAD_DIM
-    rows = (batch * num_queries + queries) * NUM_HEADS + head
     block_mask = q_mask[:, None] & d_mask[None, :]
     compute_dtype = loc_ptr.dtype.element_ty
     grad_out = tl.load(
