@@ -24,6 +24,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
 from detrlab.models.configurable_resnet import ConfigurableResNet
+from detrlab.models.frozen_norm_folding import fold_frozen_batchnorm
 from detrlab.models.geometry import downsample_padding_mask
 from detrlab.models.weights_file import require_weights_file
 
@@ -48,17 +49,6 @@ CUSTOM_RESNET = "resnet_custom"
 # Freezing order for ``trainable_stages``: the first k of these train.
 _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "stem")
 _STEM_MODULES = ("conv1.", "bn1.")
-
-
-class FusedFrozenBatchNorm2d(FrozenBatchNorm2d):
-    """:class:`torchvision.ops.FrozenBatchNorm2d` applied in one pass (``addcmul``) instead of a
-    multiply and an add over the feature map: the same affine map, same state-dict keys, about half
-    the memory traffic of the backbone's normalization layers."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return torch.addcmul(shift.reshape(1, -1, 1, 1), x, scale.reshape(1, -1, 1, 1))
 
 
 class SmallResNet(nn.Module):
@@ -219,7 +209,7 @@ class ResNetBackbone(nn.Module):
                 [int(w) for w in stage_widths],
                 [int(b) for b in stage_blocks],
                 block_type,
-                norm_layer=FusedFrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
+                norm_layer=FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
                 dilation=dilation,
             )
         elif name in TORCHVISION_RESNETS:
@@ -234,7 +224,7 @@ class ResNetBackbone(nn.Module):
             model = torchvision.models.get_model(
                 name,
                 weights=None,
-                norm_layer=FusedFrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
+                norm_layer=FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d,
                 replace_stride_with_dilation=[False, False, dilation],
             )
         else:
@@ -245,6 +235,8 @@ class ResNetBackbone(nn.Module):
 
         if weights_file is not None:
             _load_pretrained(model, weights_file, name)
+        # Each frozen BatchNorm becomes part of the convolution before it (same keys, same values).
+        fold_frozen_batchnorm(model)
 
         self.num_channels = [_stage_out_channels(getattr(model, f"layer{s}")) for s in return_stages]
         self.strides = [4 * 2 ** (s - 1) for s in return_stages]
