@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from detrlab.models.proposals import select_two_stage_proposals
+from detrlab.models.proposals import EncoderProposals, select_two_stage_proposals
 from detrlab.utils.boxes import cxcywh_to_xyxy
 
 
@@ -60,7 +60,7 @@ def test_selection_equals_per_image_loop(seed, nms_calls, monkeypatch):
     valid = torch.rand(batch, s, generator=g) > torch.tensor([0.0, 0.3, 0.9])[:, None]
     nms_mattered = 0
     for num_proposals, pre_nms_topk, iou in [(40, 50, 0.5), (60, 1000, 0.7), (20, 10, 0.3), (300, 1000, 0.9)]:
-        args = (scores, boxes, valid, level_ids, len(shapes), num_proposals)
+        args = (EncoderProposals(scores, boxes, valid, level_ids), len(shapes), num_proposals)
         ours = select_two_stage_proposals(*args, use_nms=True, pre_nms_topk=pre_nms_topk, nms_iou=iou)
         with_sizes = select_two_stage_proposals(
             *args,
@@ -69,7 +69,7 @@ def test_selection_equals_per_image_loop(seed, nms_calls, monkeypatch):
             nms_iou=iou,
             level_sizes=[h * w for h, w in shapes],
         )
-        expected = _per_image_selection(*args, pre_nms_topk, iou)
+        expected = _per_image_selection(scores, boxes, valid, level_ids, *args[1:], pre_nms_topk, iou)
         assert ours.tolist() == expected.tolist(), (num_proposals, pre_nms_topk, iou)
         assert with_sizes.tolist() == expected.tolist()
         plain = select_two_stage_proposals(*args)

@@ -6,7 +6,12 @@ import math
 
 import torch
 
-from detrlab.models.proposals import encoder_anchors, proposal_position_embedding, select_two_stage_proposals
+from detrlab.models.proposals import (
+    EncoderProposals,
+    encoder_anchors,
+    proposal_position_embedding,
+    select_two_stage_proposals,
+)
 
 
 def test_encoder_anchors_centres_sizes_and_validity():
@@ -49,10 +54,10 @@ def test_plain_top_k_skips_invalid_and_caps_at_token_count():
     scores = torch.tensor([[0.1, 5.0, 3.0, 4.0]])
     valid = torch.tensor([[True, False, True, True]])
     level_ids = torch.zeros(4, dtype=torch.long)
-    boxes = torch.rand(1, 4, 4)
-    assert select_two_stage_proposals(scores, boxes, valid, level_ids, 1, 2).tolist() == [[3, 2]]
+    proposals = EncoderProposals(scores, torch.rand(1, 4, 4), valid, level_ids)
+    assert select_two_stage_proposals(proposals, 1, 2).tolist() == [[3, 2]]
     # more proposals than tokens: all tokens, invalid ones last
-    assert select_two_stage_proposals(scores, boxes, valid, level_ids, 1, 10).tolist() == [[3, 2, 0, 1]]
+    assert select_two_stage_proposals(proposals, 1, 10).tolist() == [[3, 2, 0, 1]]
 
 
 def test_nms_selection_per_level_cap_and_top_up():
@@ -62,16 +67,16 @@ def test_nms_selection_per_level_cap_and_top_up():
     boxes = torch.tensor([*level0, *level1])[None]
     scores = torch.tensor([[9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0]])
     valid = torch.ones(1, 8, dtype=torch.bool)
-    level_ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    proposals = EncoderProposals(scores, boxes, valid, level_ids=torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
     # survivors in score order: 0, 2, 3, 4, 5, 6, 7 (token 4 overlaps token 0 but is on another level).
     # 4 proposals over 2 levels -> 2 per level: 0, 2 and 4, 5.
-    picked = select_two_stage_proposals(scores, boxes, valid, level_ids, 2, 4, use_nms=True)
+    picked = select_two_stage_proposals(proposals, 2, 4, use_nms=True)
     assert picked.tolist() == [[0, 2, 4, 5]]
     # 5 proposals -> 2 per level plus the best remaining survivor (3), kept in score order.
-    picked = select_two_stage_proposals(scores, boxes, valid, level_ids, 2, 5, use_nms=True)
+    picked = select_two_stage_proposals(proposals, 2, 5, use_nms=True)
     assert picked.tolist() == [[0, 2, 3, 4, 5]]
     # pre-NMS top-1 per level leaves only 2 survivors < 3 wanted: plain top-k fallback.
-    picked = select_two_stage_proposals(scores, boxes, valid, level_ids, 2, 3, use_nms=True, pre_nms_topk=1)
+    picked = select_two_stage_proposals(proposals, 2, 3, use_nms=True, pre_nms_topk=1)
     assert picked.tolist() == [[0, 1, 2]]
 
 
@@ -80,8 +85,7 @@ def test_nms_selection_with_fewer_tokens_than_queries_does_not_crash():
     boxes = torch.rand(2, 6, 4) * 0.5 + 0.25
     valid = torch.ones(2, 6, dtype=torch.bool)
     valid[1, 3:] = False
-    picked = select_two_stage_proposals(
-        scores, boxes, valid, torch.tensor([0, 0, 0, 0, 1, 2]), 3, 900, use_nms=True
-    )
+    proposals = EncoderProposals(scores, boxes, valid, torch.tensor([0, 0, 0, 0, 1, 2]))
+    picked = select_two_stage_proposals(proposals, 3, 900, use_nms=True)
     assert picked.shape == (2, 6)
     assert set(picked[1, :3].tolist()) == {0, 1, 2}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detrlab.models.proposals import encoder_anchors, select_two_stage_proposals
+from detrlab.models.proposals import EncoderProposals, encoder_anchors, select_two_stage_proposals
 from detrlab.models.static_proposals import select_two_stage_proposals_static
 
 
@@ -39,7 +39,7 @@ def _inputs(seed: int, shapes, batch: int = 3, padded_width: int = 2):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_static_selection_equals_the_eager_one(shapes, num_proposals, pre_nms_topk, nms_iou, seed):
     scores, boxes, valid, level_ids = _inputs(seed, shapes)
-    args = (scores, boxes, valid, level_ids, len(shapes), num_proposals)
+    args = (EncoderProposals(scores, boxes, valid, level_ids), len(shapes), num_proposals)
     eager = select_two_stage_proposals(*args, use_nms=True, pre_nms_topk=pre_nms_topk, nms_iou=nms_iou)
     static = select_two_stage_proposals_static(*args, pre_nms_topk=pre_nms_topk, nms_iou=nms_iou)
     assert static.shape == eager.shape

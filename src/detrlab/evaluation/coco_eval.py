@@ -19,37 +19,28 @@ from detrlab.utils.boxes import xyxy_to_xywh
 
 __all__ = ["STAT_NAMES", "CocoEvaluator"]
 
-#: Names of COCOeval's 12 standard bbox statistics, in its order.
-STAT_NAMES: tuple[str, ...] = (
-    "AP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-)
+# What a COCO statistic measures unless it says otherwise: IoU range, object area, detections per image.
+_DEFAULT_SETTINGS: dict[str, Any] = {"iou": "0.50:0.95", "area": "all", "max_dets": 100}
 
-# (AP or AR, IoU, area, maxDets) of each statistic, for the text summary.
-_SUMMARY_ROWS: tuple[tuple[str, str, str, int], ...] = (
-    ("AP", "0.50:0.95", "all", 100),
-    ("AP", "0.50", "all", 100),
-    ("AP", "0.75", "all", 100),
-    ("AP", "0.50:0.95", "small", 100),
-    ("AP", "0.50:0.95", "medium", 100),
-    ("AP", "0.50:0.95", "large", 100),
-    ("AR", "0.50:0.95", "all", 1),
-    ("AR", "0.50:0.95", "all", 10),
-    ("AR", "0.50:0.95", "all", 100),
-    ("AR", "0.50:0.95", "small", 100),
-    ("AR", "0.50:0.95", "medium", 100),
-    ("AR", "0.50:0.95", "large", 100),
-)
+# The 12 standard bbox statistics in COCOeval's order, each with where it differs from _DEFAULT_SETTINGS
+# (the text summary prints all three settings).
+_STATISTICS: dict[str, dict[str, Any]] = {
+    "AP": {},
+    "AP50": {"iou": "0.50"},
+    "AP75": {"iou": "0.75"},
+    "APs": {"area": "small"},
+    "APm": {"area": "medium"},
+    "APl": {"area": "large"},
+    "AR1": {"max_dets": 1},
+    "AR10": {"max_dets": 10},
+    "AR100": {},
+    "ARs": {"area": "small"},
+    "ARm": {"area": "medium"},
+    "ARl": {"area": "large"},
+}
+
+#: Names of COCOeval's 12 standard bbox statistics, in its order.
+STAT_NAMES: tuple[str, ...] = tuple(_STATISTICS)
 
 # Columns of the per-image prediction arrays kept between update() and compute().
 _X, _Y, _W, _H, _SCORE, _CATEGORY = range(6)
@@ -253,10 +244,13 @@ class CocoEvaluator:
         self._require_computed("summary_table")
         assert self._stats is not None
         lines = []
-        for name, (kind, iou, area, max_dets) in zip(STAT_NAMES, _SUMMARY_ROWS):
+        for name, settings in _STATISTICS.items():
+            kind = name[:2]
             title = "Average Precision" if kind == "AP" else "Average Recall"
+            row = {**_DEFAULT_SETTINGS, **settings}
             lines.append(
-                f" {title:<18} ({kind}) @[ IoU={iou:<9} | area={area:>6s} | maxDets={max_dets:>3d} ] "
+                f" {title:<18} ({kind}) @[ IoU={row['iou']:<9} | area={row['area']:>6s} | "
+                f"maxDets={row['max_dets']:>3d} ] "
                 f"= {self._stats[name]:0.3f}"
             )
         return "\n".join(lines)

@@ -10,16 +10,16 @@ from torch import Tensor, nn
 from torchvision.ops import MLP
 
 from detrlab.models.deformable_transformer import DeformableTransformer
-from detrlab.models.detector_outputs import check_detector_sizes, decoder_predictions
 from detrlab.models.geometry import refine_boxes
 from detrlab.models.input_projection import MultiScaleProjection
 from detrlab.models.inputs import check_detector_inputs
 from detrlab.models.position import PositionEmbeddingSine
+from detrlab.models.set_detector import SetDetector
 
 __all__ = ["DETA", "DeformableDETR"]
 
 
-class DeformableDETR(nn.Module):
+class DeformableDETR(SetDetector):
     """Deformable DETR (Zhu et al. 2021) with optional box refinement and two-stage queries.
 
     Class logits are per-class sigmoid logits (focal loss), with no "no object" column.
@@ -56,14 +56,12 @@ class DeformableDETR(nn.Module):
         aux_loss: bool = True,
         **transformer_options: Any,
     ) -> None:
-        super().__init__()
-        check_detector_sizes(num_classes, num_queries, hidden_dim)
+        super().__init__(backbone, num_classes, num_queries, hidden_dim, aux_loss)
         if two_stage and not with_box_refine:
             raise ValueError(
                 "two_stage=True needs with_box_refine=True: the encoder proposal head is the extra, "
                 "unshared box head that refinement creates"
             )
-        self.backbone = backbone
         # Positions centred on the cells (offset -0.5), normalized to the valid extent.
         self.position_encoding = PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=-0.5)
         self.input_proj = MultiScaleProjection(backbone.num_channels, hidden_dim, num_feature_levels)
@@ -89,22 +87,15 @@ class DeformableDETR(nn.Module):
         num_heads = (num_decoder_layers + int(two_stage)) if with_box_refine else 1
         self.class_embed = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_heads))
         self.bbox_embed = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_heads))
-        self.num_classes = num_classes
-        self.num_queries = num_queries
         self.num_decoder_layers = num_decoder_layers
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
-        self.aux_loss = aux_loss
 
     def _head(self, heads: nn.ModuleList, layer: int) -> nn.Module:
         return heads[layer] if self.with_box_refine else heads[0]
 
     def forward(self, images: Tensor, mask: Tensor) -> dict:
-        """Detect objects.
-
-        Args:
-            images: float [B, 3, H, W], normalized and zero-padded.
-            mask: bool [B, H, W], True on padding.
+        """Detect objects in ``images`` with padding ``mask`` (shapes in :class:`SetDetector`).
 
         Returns:
             dict with
@@ -143,7 +134,7 @@ class DeformableDETR(nn.Module):
             box_unact = refine_boxes(self._head(self.bbox_embed, lid)(hidden), t["references"][lid])
             logits.append(self._head(self.class_embed, lid)(hidden))
             boxes.append(box_unact.sigmoid())
-        out = decoder_predictions(logits, boxes, self.aux_loss)
+        out = self.decoder_predictions(logits, boxes)
         if self.two_stage:
             out["enc_outputs"] = {
                 "pred_logits": t["enc_logits"],

@@ -16,7 +16,12 @@ from detrlab.models.deformable_layers import (
 )
 from detrlab.models.geometry import level_valid_ratios
 from detrlab.models.initialization import xavier_uniform_weight_matrices
-from detrlab.models.proposals import encoder_anchors, proposal_position_embedding, select_two_stage_proposals
+from detrlab.models.proposals import (
+    EncoderProposals,
+    encoder_anchors,
+    proposal_position_embedding,
+    select_two_stage_proposals,
+)
 
 
 class DeformableTransformer(nn.Module):
@@ -169,11 +174,9 @@ class DeformableTransformer(nn.Module):
             enc_logits = encoder_class_head(features)
             enc_boxes_unact = encoder_box_head(features) + anchors_unact.to(features.dtype)
             # Class-agnostic objectness: the first class column, as the encoder loss trains it.
+            proposals = EncoderProposals(enc_logits[..., 0], enc_boxes_unact.sigmoid(), valid, level_ids)
             index = select_two_stage_proposals(
-                enc_logits[..., 0],
-                enc_boxes_unact.sigmoid(),
-                valid,
-                level_ids,
+                proposals,
                 len(spatial_shapes),
                 self.num_queries,
                 use_nms=self.assign_first_stage,

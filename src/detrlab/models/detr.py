@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 from torchvision.ops import MLP
 
-from detrlab.models.detector_outputs import check_detector_sizes, decoder_predictions
 from detrlab.models.inputs import check_detector_inputs
 from detrlab.models.position import build_position_encoding
+from detrlab.models.set_detector import SetDetector
 from detrlab.models.transformer import Transformer
 
 
-class DETR(nn.Module):
+class DETR(SetDetector):
     """DEtection TRansformer.
 
     The last stage returned by ``backbone`` is projected to ``hidden_dim``, encoded with its positional
@@ -19,16 +21,17 @@ class DETR(nn.Module):
 
     Args:
         backbone: module with ``forward(images, mask) -> list[(features, mask)]`` and a ``num_channels``
-            list (e.g. :class:`~detrlab.models.backbone.ResNetBackbone`). Kept as ``self.backbone`` so
-            optimizers can give parameters prefixed ``backbone.`` their own learning rate.
+            list (e.g. :class:`~detrlab.models.backbone.ResNetBackbone`).
         num_classes: number of object classes; one extra "no object" logit is appended.
         num_queries: number of object queries (maximum detections per image).
         hidden_dim: transformer width.
         nheads: attention heads.
-        num_encoder_layers, num_decoder_layers, dim_feedforward, dropout, normalize_before: transformer
-            settings (see :class:`~detrlab.models.transformer.Transformer`).
         position_encoding: "sine" or "learned".
         aux_loss: also return predictions of the earlier decoder layers (``aux_outputs``).
+        **transformer_options: the other :class:`~detrlab.models.transformer.Transformer` arguments,
+            with its defaults: ``num_encoder_layers`` (6), ``num_decoder_layers`` (6),
+            ``dim_feedforward`` (2048), ``dropout`` (0.1), ``normalize_before`` (False) and
+            ``activation`` ("relu").
     """
 
     def __init__(
@@ -38,41 +41,20 @@ class DETR(nn.Module):
         num_queries: int = 100,
         hidden_dim: int = 256,
         nheads: int = 8,
-        num_encoder_layers: int = 6,
-        num_decoder_layers: int = 6,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
         position_encoding: str = "sine",
         aux_loss: bool = True,
-        normalize_before: bool = False,
+        **transformer_options: Any,
     ) -> None:
-        super().__init__()
-        check_detector_sizes(num_classes, num_queries, hidden_dim)
-        self.backbone = backbone
+        super().__init__(backbone, num_classes, num_queries, hidden_dim, aux_loss)
         self.position_encoding = build_position_encoding(position_encoding, hidden_dim // 2)
-        self.transformer = Transformer(
-            d_model=hidden_dim,
-            nhead=nheads,
-            num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
-            normalize_before=normalize_before,
-        )
+        self.transformer = Transformer(d_model=hidden_dim, nhead=nheads, **transformer_options)
         self.input_proj = nn.Conv2d(backbone.num_channels[-1], hidden_dim, kernel_size=1)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.bbox_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, 4])
-        self.num_classes = num_classes
-        self.num_queries = num_queries
-        self.aux_loss = aux_loss
 
     def forward(self, images: Tensor, mask: Tensor) -> dict:
-        """Detect objects.
-
-        Args:
-            images: float [B, 3, H, W], normalized and zero-padded.
-            mask: bool [B, H, W], True on padding.
+        """Detect objects in ``images`` with padding ``mask`` (shapes in :class:`SetDetector`).
 
         Returns:
             dict with
@@ -88,4 +70,4 @@ class DETR(nn.Module):
 
         logits = self.class_embed(hs)  # [L, B, Q, C+1]
         boxes = self.bbox_embed(hs).sigmoid()  # [L, B, Q, 4]
-        return decoder_predictions(logits, boxes, self.aux_loss)
+        return self.decoder_predictions(logits, boxes)

@@ -26,6 +26,7 @@ kernel module was imported (Triton's interpreter; that is how the CPU tests run 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import triton
@@ -77,6 +78,35 @@ def _launch_config(value: Tensor, sampling_loc: Tensor) -> dict[str, int]:
     return {"NUM_HEADS": heads, "HEAD_DIM": head_dim, "NUM_LEVELS": levels, "NUM_POINTS": points}
 
 
+def _launch_per_query_block(
+    kernel: Any, inputs: tuple[Tensor, ...], buffers: tuple[Tensor, ...], **constants: bool
+) -> None:
+    """Launch ``kernel`` with one program per (block of queries, head, image), as the forward and the
+    backward kernels are laid out.
+
+    Args:
+        kernel: a ``triton.jit`` kernel taking the five operator ``inputs`` (value, spatial_shapes,
+            level_start_index, sampling_loc, attn_weight), then ``buffers``, the token and query
+            counts, the sizes of :func:`_launch_config`, ``BLOCK_Q`` / ``BLOCK_D`` and the extra
+            ``constants``.
+    """
+    value, _, _, sampling_loc, _ = inputs
+    b, num_tokens, heads, head_dim = value.shape
+    num_queries = sampling_loc.shape[1]
+    block_q, block_d = block_sizes(head_dim)
+    grid = (triton.cdiv(num_queries, block_q), heads, b)
+    wrap_triton(kernel)[grid](
+        *inputs,
+        *buffers,
+        num_tokens,
+        num_queries,
+        **_launch_config(value, sampling_loc),
+        BLOCK_Q=block_q,
+        BLOCK_D=block_d,
+        **constants,
+    )
+
+
 @triton_op("detrlab::msda_triton_forward", mutates_args=())
 def _forward(
     value: Tensor,
@@ -85,24 +115,10 @@ def _forward(
     sampling_loc: Tensor,
     attn_weight: Tensor,
 ) -> Tensor:
-    b, num_tokens, heads, head_dim = value.shape
-    num_queries = sampling_loc.shape[1]
-    block_q, block_d = block_sizes(head_dim)
-    out = _uninitialized((b, num_queries, heads * head_dim), value.dtype, value.device)
-    grid = (triton.cdiv(num_queries, block_q), heads, b)
-    wrap_triton(kernels.msda_forward_kernel)[grid](
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_loc,
-        attn_weight,
-        out,
-        num_tokens,
-        num_queries,
-        **_launch_config(value, sampling_loc),
-        BLOCK_Q=block_q,
-        BLOCK_D=block_d,
-    )
+    b, _, heads, head_dim = value.shape
+    out = _uninitialized((b, sampling_loc.shape[1], heads * head_dim), value.dtype, value.device)
+    inputs = (value, spatial_shapes, level_start_index, sampling_loc, attn_weight)
+    _launch_per_query_block(kernels.msda_forward_kernel, inputs, (out,))
     return out
 
 
@@ -116,34 +132,20 @@ def _backward(
     grad_output: Tensor,
     deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    b, num_tokens, heads, head_dim = value.shape
-    num_queries = sampling_loc.shape[1]
-    levels = sampling_loc.shape[3]
-    block_q, block_d = block_sizes(head_dim)
-    config = _launch_config(value, sampling_loc)
     # Accumulated in the arithmetic dtype (float32, or float64 for float64 inputs), cast at the end.
     grad_value = torch.zeros(value.shape, dtype=sampling_loc.dtype, device=value.device)
     grad_loc = _uninitialized(sampling_loc.shape, sampling_loc.dtype, value.device)
     grad_weight = _uninitialized(attn_weight.shape, attn_weight.dtype, value.device)
-    grid = (triton.cdiv(num_queries, block_q), heads, b)
-    wrap_triton(kernels.msda_backward_kernel)[grid](
-        value,
-        spatial_shapes,
-        level_start_index,
-        sampling_loc,
-        attn_weight,
-        grad_output,
-        grad_value,
-        grad_loc,
-        grad_weight,
-        num_tokens,
-        num_queries,
-        **config,
-        BLOCK_Q=block_q,
-        BLOCK_D=block_d,
+    inputs = (value, spatial_shapes, level_start_index, sampling_loc, attn_weight)
+    _launch_per_query_block(
+        kernels.msda_backward_kernel,
+        inputs,
+        (grad_output, grad_value, grad_loc, grad_weight),
         ACCUMULATE_GRAD_VALUE=not deterministic,
     )
     if deterministic:
+        b, num_tokens, heads, head_dim = value.shape
+        levels = sampling_loc.shape[3]
         wrap_triton(kernels.msda_grad_value_deterministic_kernel)[(levels, heads, b)](
             spatial_shapes,
             level_start_index,
@@ -152,9 +154,9 @@ def _backward(
             grad_output,
             grad_value,
             num_tokens,
-            num_queries,
-            **config,
-            BLOCK_D=block_d,
+            sampling_loc.shape[1],
+            **_launch_config(value, sampling_loc),
+            BLOCK_D=block_sizes(head_dim)[1],
             # one head's channels per step: a single warp holds them (more would only idle)
             num_warps=1,
         )

@@ -10,13 +10,14 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
+from detrlab.models.encoder_proposals import EncoderProposals
 from detrlab.models.static_proposals import select_two_stage_proposals_static
 from detrlab.utils.boxes import cxcywh_to_xyxy
 from detrlab.utils.host_sync import values_are_free
 
 log = logging.getLogger(__name__)
 
-__all__ = ["encoder_anchors", "proposal_position_embedding", "select_two_stage_proposals"]
+__all__ = ["EncoderProposals", "encoder_anchors", "proposal_position_embedding", "select_two_stage_proposals"]
 
 # Anchor coordinates outside (low, high) would have huge inverse-sigmoid values; such tokens are invalid.
 _VALID_RANGE = (0.01, 0.99)
@@ -82,10 +83,7 @@ def proposal_position_embedding(
 
 
 def select_two_stage_proposals(
-    scores: Tensor,
-    boxes: Tensor,
-    valid: Tensor,
-    level_ids: Tensor,
+    proposals: EncoderProposals,
     num_levels: int,
     num_proposals: int,
     use_nms: bool = False,
@@ -106,10 +104,7 @@ def select_two_stage_proposals(
     once per image and level.
 
     Args:
-        scores: [B, S] objectness logits.
-        boxes: [B, S, 4] sigmoid cxcywh boxes (only read in NMS mode).
-        valid: bool [B, S].
-        level_ids: long [S].
+        proposals: the scored encoder tokens.
         num_levels: number of levels.
         num_proposals: wanted proposals; capped at S so that small images work.
         use_nms, pre_nms_topk, nms_iou: see above.
@@ -119,7 +114,7 @@ def select_two_stage_proposals(
     Returns:
         long [B, min(num_proposals, S)], best first (NMS mode: survivors in score order).
     """
-    scores = scores.detach().float().masked_fill(~valid, float("-inf"))
+    scores = proposals.ranking_scores()
     k = min(num_proposals, scores.shape[1])
     plain = scores.topk(k, dim=1).indices
     if not use_nms:
@@ -127,19 +122,20 @@ def select_two_stage_proposals(
     if torch.compiler.is_exporting():
         # Exported graphs take the fixed-shape equivalent (same indices, checked by the tests): the
         # candidate counts below are read as Python ints, which would fix the image size.
-        return select_two_stage_proposals_static(
-            scores, boxes, valid, level_ids, num_levels, num_proposals, pre_nms_topk, nms_iou
-        )
+        return select_two_stage_proposals_static(proposals, num_levels, num_proposals, pre_nms_topk, nms_iou)
+    level_ids = proposals.level_ids
     if level_sizes is None:
         level_sizes = torch.bincount(level_ids, minlength=num_levels).tolist()
-    candidates, candidate_ok = _pre_nms_candidates(scores, valid, level_ids, level_sizes, pre_nms_topk)
+    candidates, candidate_ok = _pre_nms_candidates(
+        scores, proposals.valid, level_ids, level_sizes, pre_nms_topk
+    )
     if candidates.shape[1] < k:
         log.debug("only %d pre-NMS candidates (< %d): using plain top-k", candidates.shape[1], k)
         return plain
     candidate_scores = scores.gather(1, candidates)
     candidate_levels = level_ids[candidates]
     survived = _nms_survivors(
-        boxes, candidates, candidate_scores, candidate_levels, candidate_ok, num_levels, nms_iou
+        proposals.boxes, candidates, candidate_scores, candidate_levels, candidate_ok, num_levels, nms_iou
     )
     selected = _cap_per_level(candidates, candidate_scores, candidate_levels, survived, num_levels, k)
     enough = survived.sum(1, keepdim=True) >= k

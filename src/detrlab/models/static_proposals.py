@@ -21,16 +21,14 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
+from detrlab.models.encoder_proposals import EncoderProposals
 from detrlab.utils.boxes import cxcywh_to_xyxy
 
 __all__ = ["select_two_stage_proposals_static"]
 
 
 def select_two_stage_proposals_static(
-    scores: Tensor,
-    boxes: Tensor,
-    valid: Tensor,
-    level_ids: Tensor,
+    proposals: EncoderProposals,
     num_levels: int,
     num_proposals: int,
     pre_nms_topk: int = 1000,
@@ -39,17 +37,14 @@ def select_two_stage_proposals_static(
     """The NMS mode of :func:`~detrlab.models.proposals.select_two_stage_proposals`, export-safe.
 
     Args:
-        scores: [B, S] objectness logits.
-        boxes: [B, S, 4] sigmoid cxcywh boxes.
-        valid: bool [B, S].
-        level_ids: long [S], the level of every token (levels contiguous, in order).
+        proposals: the scored encoder tokens.
         num_levels, num_proposals, pre_nms_topk, nms_iou: as in the eager function.
 
     Returns:
         long [B, min(num_proposals, S)]: token indices, best first.
     """
+    scores = proposals.ranking_scores()
     batch, tokens = scores.shape
-    scores = scores.detach().float().masked_fill(~valid, float("-inf"))
     k = torch.sym_min(num_proposals, tokens)
     plain = scores.topk(k, dim=1).indices
     per_level = torch.sym_max(k // num_levels, 1)
@@ -57,7 +52,8 @@ def select_two_stage_proposals_static(
     # Candidates: [B, N] with N = num_levels * per-level count, grouped by level.
     per_level_candidates = torch.sym_min(pre_nms_topk, tokens)
     levels = torch.arange(num_levels, device=scores.device)
-    in_level = (level_ids[None, :] == levels[:, None])[None] & valid[:, None, :]  # [B, L, S]
+    # [B, L, S]: whether token s is a valid token of level l
+    in_level = (proposals.level_ids[None, :] == levels[:, None])[None] & proposals.valid[:, None, :]
     level_scores = scores[:, None, :].masked_fill(~in_level, float("-inf"))
     candidate_scores, candidate_tokens = level_scores.topk(per_level_candidates, dim=2)  # [B, L, n]
     candidate_levels = levels[None, :, None].expand_as(candidate_tokens)
@@ -69,7 +65,7 @@ def select_two_stage_proposals_static(
 
     # One NMS over the batch: group (image, level) shifted by (2 * level, 2 * image); boxes lie in
     # [0, 1], so groups never overlap. Unreal candidates sit in column num_levels.
-    boxes_xyxy = cxcywh_to_xyxy(boxes.detach().float()).clamp(0, 1)
+    boxes_xyxy = cxcywh_to_xyxy(proposals.boxes.detach().float()).clamp(0, 1)
     candidate_boxes = boxes_xyxy.gather(1, candidate_tokens[..., None].expand(-1, -1, 4))  # [B, N, 4]
     column = torch.where(real, candidate_levels, num_levels).to(candidate_boxes.dtype)
     row = torch.arange(batch, device=scores.device, dtype=candidate_boxes.dtype)[:, None].expand_as(column)
