@@ -63,6 +63,17 @@ def reference_config():
     )
 
 
+def configured_encoder_ffn_recompute() -> int:
+    """``model.detector.encoder_ffn_recompute`` of ``model=deta_r50`` as composed from ``conf/``: the
+    setting a user of that config trains with."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = compose(config_name="train", overrides=["model=deta_r50", "~experiment"])
+    return int(cfg.model.detector.encoder_ffn_recompute)
+
+
 def build_models(seed: int = 0, encoder_ffn_recompute: int = 0):
     """(our detector, our criterion, reference DetaForObjectDetection), same weights.
 
@@ -394,11 +405,16 @@ def main() -> None:
     parser.add_argument(
         "--encoder-ffn-recompute",
         type=int,
-        default=0,
-        help="our detector's encoder_ffn_recompute (encoder layers whose FFN hidden activation is recomputed)",
+        default=None,
+        help="our detector's encoder_ffn_recompute (encoder layers whose FFN hidden activation is "
+        "recomputed); default: the value of model=deta_r50 in conf/",
     )
     parser.add_argument("--json", type=Path, help="append the result rows to this JSON-lines file")
     args = parser.parse_args()
+    if args.encoder_ffn_recompute is None:
+        args.encoder_ffn_recompute = configured_encoder_ffn_recompute()
+    if args.what != "memory-child":
+        print(f"our encoder_ffn_recompute: {args.encoder_ffn_recompute}", flush=True)
     torch.set_num_threads(args.threads)
     if args.what == "memory-child":
         memory_child(args)

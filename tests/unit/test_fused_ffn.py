@@ -72,5 +72,8 @@ def test_gradcheck(recompute):
 def test_transformer_marks_the_first_layers_and_checks_the_count():
     transformer = DeformableTransformer(d_model=32, nhead=2, num_encoder_layers=3, encoder_ffn_recompute=2)
     assert [layer.ffn.recompute_hidden for layer in transformer.encoder.layers] == [True, True, False]
-    with pytest.raises(ValueError, match=r"encoder_ffn_recompute must be in 0\.\.num_encoder_layers=3"):
-        DeformableTransformer(d_model=32, nhead=2, num_encoder_layers=3, encoder_ffn_recompute=4)
+    # a count above the depth means every layer (a shrunk encoder keeps its config working)
+    deeper = DeformableTransformer(d_model=32, nhead=2, num_encoder_layers=3, encoder_ffn_recompute=4)
+    assert [layer.ffn.recompute_hidden for layer in deeper.encoder.layers] == [True, True, True]
+    with pytest.raises(ValueError, match=r"encoder_ffn_recompute counts encoder layers and must be >= 0"):
+        DeformableTransformer(d_model=32, nhead=2, num_encoder_layers=3, encoder_ffn_recompute=-1)

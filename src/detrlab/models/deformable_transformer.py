@@ -43,10 +43,11 @@ class DeformableTransformer(nn.Module):
         assign_first_stage: select proposals with per-level NMS (DETA) instead of plain top-k.
         pre_nms_topk, proposal_nms_iou: NMS-selection settings.
         attention_implementation: see :class:`MultiScaleDeformableAttention`.
-        encoder_ffn_recompute: number of encoder layers (the first ones) whose feed-forward hidden
-            activation is recomputed in backward instead of kept: less training memory (about
-            ``B * S * dim_feedforward * 4`` bytes per layer) for one extra ``linear1`` per layer;
-            results are unchanged.
+        encoder_ffn_recompute: number of encoder layers (the first ones; a count above
+            ``num_encoder_layers`` means all of them, so a config that shrinks the encoder keeps
+            working) whose feed-forward hidden activation is recomputed in backward instead of kept:
+            less training memory (about ``B * S * dim_feedforward * 4`` bytes per layer) for one
+            extra ``linear1`` per layer; results are unchanged.
     """
 
     def __init__(
@@ -70,10 +71,9 @@ class DeformableTransformer(nn.Module):
         encoder_ffn_recompute: int = 0,
     ) -> None:
         super().__init__()
-        if not 0 <= encoder_ffn_recompute <= num_encoder_layers:
+        if encoder_ffn_recompute < 0:
             raise ValueError(
-                f"encoder_ffn_recompute must be in 0..num_encoder_layers={num_encoder_layers}, "
-                f"got {encoder_ffn_recompute}"
+                f"encoder_ffn_recompute counts encoder layers and must be >= 0, got {encoder_ffn_recompute}"
             )
         if (add_proposal_features or assign_first_stage) and not two_stage:
             raise ValueError(
