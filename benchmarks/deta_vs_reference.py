@@ -13,7 +13,8 @@ Usage::
     python benchmarks/deta_vs_reference.py train         # forward + loss + backward + AdamW step
     python benchmarks/deta_vs_reference.py memory        # peak RSS added by one step (subprocesses)
     python benchmarks/deta_vs_reference.py criterion     # our losses + assigners alone (share of a step)
-    python benchmarks/deta_vs_reference.py profile       # where our training step's time goes
+    python benchmarks/deta_vs_reference.py profile       # where each model's step goes, and the dense floor
+    python benchmarks/deta_vs_reference.py profile --mode infer   # the same for the inference forward
 
 The inference command first compares the two models' detections as sets (queries matched one to one,
 ``set_matching.py``) and prints the largest box and logit differences after matching.
@@ -348,44 +349,65 @@ _DENSE_OPS = {
 }
 
 
+_DENSE_GROUP = "dense (matmul, convolution; forward + backward)"
+_RELU_OPS = {"aten::clamp_min", "aten::clamp_min_", "aten::relu", "aten::relu_", "aten::threshold_backward"}
+
+
+def _op_group(name: str) -> str:
+    if name in _DENSE_OPS:
+        return _DENSE_GROUP
+    if name.startswith("detrlab::"):
+        return "deformable attention kernel"
+    if name == "aten::copy_":
+        return "copies"
+    if name in _RELU_OPS:
+        return "ReLU forward + backward"
+    return "everything else"
+
+
 def bench_profile(args) -> list[dict]:
-    """Where our training step's time goes: ``torch.profiler`` self CPU time over one step (after a
-    warm-up step), grouped into dense layers, the deformable kernel, copies, ReLU and the rest."""
+    """Where each model's time goes: ``torch.profiler`` self CPU time over one training step (or,
+    with ``--mode infer``, one inference forward) after a warm-up, grouped into dense layers, the
+    deformable kernel, copies, ReLU and the rest; then the dense-layer floor: our dense-layer time
+    over the reference's whole time, the ratio no other change to ours can go below."""
     from torch.profiler import ProfilerActivity, profile
 
+    mode = args.mode or "train"
     detector, criterion, reference = build_models(encoder_ffn_recompute=args.encoder_ffn_recompute)
-    del reference
     images, mask, targets = make_batch(args.batch, args.height, args.width)
-    detector.train()
-    optimizer = _optimizer(detector)
-    _ours_step((detector, criterion), optimizer, images, mask, targets)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        _ours_step((detector, criterion), optimizer, images, mask, targets)
-    groups: dict[str, float] = {}
-    for event in prof.key_averages():
-        name = event.key
-        if name in _DENSE_OPS:
-            group = "dense (matmul, convolution; forward + backward)"
-        elif name.startswith("detrlab::"):
-            group = "deformable attention kernel"
-        elif name == "aten::copy_":
-            group = "copies"
-        elif name in (
-            "aten::clamp_min",
-            "aten::clamp_min_",
-            "aten::relu",
-            "aten::relu_",
-            "aten::threshold_backward",
-        ):
-            group = "ReLU forward + backward"
-        else:
-            group = "everything else"
-        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6
-    total = sum(groups.values())
-    print(f"profiled training step: {total:.2f} s self CPU (profiler overhead included)")
-    for group, seconds in sorted(groups.items(), key=lambda item: -item[1]):
-        print(f"  {seconds:6.2f} s  {100 * seconds / total:4.1f}%  {group}")
-    return [{"what": "profile", **groups}]
+    if mode == "train":
+        detector.train()
+        reference.train()
+        opt_ours, opt_ref = _optimizer(detector), _optimizer(reference)
+        runs = {
+            "ours": lambda: _ours_step((detector, criterion), opt_ours, images, mask, targets),
+            "reference": lambda: _reference_step(reference, opt_ref, images, mask, targets),
+        }
+    else:
+        detector.eval()
+        reference.eval()
+        runs = {
+            "ours": torch.no_grad()(lambda: detector(images, mask)),
+            "reference": torch.no_grad()(lambda: reference(pixel_values=images, pixel_mask=(~mask).long())),
+        }
+    totals = {}
+    rows = []
+    for name, run in runs.items():
+        run()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        groups: dict[str, float] = {}
+        for event in prof.key_averages():
+            group = _op_group(event.key)
+            groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6
+        total = totals[name] = sum(groups.values())
+        print(f"{name}, profiled {mode} step: {total:.2f} s self CPU (profiler overhead included)")
+        for group, seconds in sorted(groups.items(), key=lambda item: -item[1]):
+            print(f"  {seconds:6.2f} s  {100 * seconds / total:4.1f}%  {group}")
+        rows.append({"what": f"profile {mode} {name}", **groups})
+    floor = rows[0].get(_DENSE_GROUP, 0.0) / totals["reference"]
+    print(f"dense-layer floor ({mode}): our dense layers / the reference's whole step = {floor:.3f}")
+    return rows
 
 
 def main() -> None:
