@@ -71,6 +71,19 @@ def _pixel_coordinates(loc_x, loc_y, height, width, active):
 
 
 @triton.jit
+def _sampling_point(loc_ptr, weight_ptr, rows, active, level, point, height, width, NUM_LEVELS, NUM_POINTS):
+    """One sampling point of the ``rows`` (query, head) pairs: its index ``lp`` into the
+    [.., L, P] weights (and [.., L, P, 2] locations), its attention weight, and its bilinear
+    corner and offsets (see ``_pixel_coordinates``). Returns (lp, attn, x0, y0, lx, ly, inside)."""
+    lp = rows * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
+    loc_x = tl.load(loc_ptr + 2 * lp, mask=active, other=0.0)
+    loc_y = tl.load(loc_ptr + 2 * lp + 1, mask=active, other=0.0)
+    attn = tl.load(weight_ptr + lp, mask=active, other=0.0)
+    x0, y0, lx, ly, inside = _pixel_coordinates(loc_x, loc_y, height, width, active)
+    return lp, attn, x0, y0, lx, ly, inside
+
+
+@triton.jit
 def _corner(x0, y0, lx, ly, inside, height, width, corner: tl.constexpr):
     """One of the four bilinear corners (0: top-left, 1: top-right, 2: bottom-left, 3: bottom-right).
 
@@ -138,11 +151,9 @@ def msda_forward_kernel(
         height, width, start = _level_geometry(shapes_ptr, starts_ptr, level)
         value_level = value_bh + start * token_stride
         for point in range(NUM_POINTS):
-            lp = rows * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
-            loc_x = tl.load(loc_ptr + 2 * lp, mask=q_mask, other=0.0)
-            loc_y = tl.load(loc_ptr + 2 * lp + 1, mask=q_mask, other=0.0)
-            attn = tl.load(weight_ptr + lp, mask=q_mask, other=0.0)
-            x0, y0, lx, ly, inside = _pixel_coordinates(loc_x, loc_y, height, width, q_mask)
+            _, attn, x0, y0, lx, ly, inside = _sampling_point(
+                loc_ptr, weight_ptr, rows, q_mask, level, point, height, width, NUM_LEVELS, NUM_POINTS
+            )
             for corner in tl.static_range(4):
                 index, valid, w, _, _ = _corner(x0, y0, lx, ly, inside, height, width, corner)
                 v = tl.load(
@@ -197,11 +208,9 @@ def msda_backward_kernel(
         height, width, start = _level_geometry(shapes_ptr, starts_ptr, level)
         level_offset = bh_offset + start * token_stride
         for point in range(NUM_POINTS):
-            lp = rows * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
-            loc_x = tl.load(loc_ptr + 2 * lp, mask=q_mask, other=0.0)
-            loc_y = tl.load(loc_ptr + 2 * lp + 1, mask=q_mask, other=0.0)
-            attn = tl.load(weight_ptr + lp, mask=q_mask, other=0.0)
-            x0, y0, lx, ly, inside = _pixel_coordinates(loc_x, loc_y, height, width, q_mask)
+            lp, attn, x0, y0, lx, ly, inside = _sampling_point(
+                loc_ptr, weight_ptr, rows, q_mask, level, point, height, width, NUM_LEVELS, NUM_POINTS
+            )
             grad_attn = tl.zeros([BLOCK_Q], dtype=compute_dtype)
             grad_x = tl.zeros([BLOCK_Q], dtype=compute_dtype)
             grad_y = tl.zeros([BLOCK_Q], dtype=compute_dtype)
@@ -258,19 +267,15 @@ def msda_grad_value_deterministic_kernel(
     d_mask = channels < HEAD_DIM
     token_stride = NUM_HEADS * HEAD_DIM
     compute_dtype = loc_ptr.dtype.element_ty
-    height = tl.load(shapes_ptr + 2 * level)
-    width = tl.load(shapes_ptr + 2 * level + 1)
-    start = tl.load(starts_ptr + level)
+    height, width, start = _level_geometry(shapes_ptr, starts_ptr, level)
     level_offset = batch * num_tokens * token_stride + start * token_stride + head * HEAD_DIM
     for query in range(num_queries):
         row = (batch * num_queries + query) * NUM_HEADS + head
         grad_out = tl.load(grad_out_ptr + row * HEAD_DIM + channels, mask=d_mask, other=0.0).to(compute_dtype)
         for point in range(NUM_POINTS):
-            lp = row * (NUM_LEVELS * NUM_POINTS) + level * NUM_POINTS + point
-            loc_x = tl.load(loc_ptr + 2 * lp)
-            loc_y = tl.load(loc_ptr + 2 * lp + 1)
-            attn = tl.load(weight_ptr + lp)
-            x0, y0, lx, ly, inside = _pixel_coordinates(loc_x, loc_y, height, width, True)
+            _, attn, x0, y0, lx, ly, inside = _sampling_point(
+                loc_ptr, weight_ptr, row, True, level, point, height, width, NUM_LEVELS, NUM_POINTS
+            )
             for corner in tl.static_range(4):
                 index, valid, w, _, _ = _corner(x0, y0, lx, ly, inside, height, width, corner)
                 tl.atomic_add(
