@@ -206,34 +206,34 @@ def bench_op(args) -> list[dict]:
     ]
 
 
-def bench_model(args, train: bool) -> list[dict]:
+def model_steps(args, train: bool) -> dict:
+    """``{"ours": fn, "reference": fn}``: one training step (forward, loss, backward, AdamW) or one
+    inference forward of each model, on the same weights and the same batch."""
     detector, criterion, reference = build_models(encoder_ffn_recompute=args.encoder_ffn_recompute)
     images, mask, targets = make_batch(args.batch, args.height, args.width)
     if train:
         detector.train()
         reference.train()
         opt_ours, opt_ref = _optimizer(detector), _optimizer(reference)
-        fns = {
+        return {
             "ours": lambda: _ours_step((detector, criterion), opt_ours, images, mask, targets),
             "reference": lambda: _reference_step(reference, opt_ref, images, mask, targets),
         }
-        title = f"training step {args.height}x{args.width} batch {args.batch}"
-    else:
-        detector.eval()
-        reference.eval()
+    detector.eval()
+    reference.eval()
+    return {
+        "ours": torch.no_grad()(lambda: detector(images, mask)),
+        "reference": torch.no_grad()(lambda: reference(pixel_values=images, pixel_mask=(~mask).long())),
+    }
 
-        def ours():
-            with torch.no_grad():
-                return detector(images, mask)
 
-        def ref():
-            with torch.no_grad():
-                return reference(pixel_values=images, pixel_mask=(~mask).long())
-
+def bench_model(args, train: bool) -> list[dict]:
+    fns = model_steps(args, train)
+    size = f"{args.height}x{args.width} batch {args.batch}"
+    if not train:
         from set_matching import set_difference
 
-        with torch.no_grad():
-            a, b = ours(), ref()
+        a, b = fns["ours"](), fns["reference"]()
         # as sets: a tie in a top-k selection may emit the same detections in another query order
         diff = set_difference(a["pred_logits"], a["pred_boxes"], b.logits, b.pred_boxes)
         print(
@@ -241,8 +241,7 @@ def bench_model(args, train: bool) -> list[dict]:
             f"{diff.boxes:.2e}, max |pred_logits| = {diff.logits:.2e}; {diff.moved} queries matched "
             f"out of position (position by position the boxes differ by up to {diff.boxes_by_position:.2e})"
         )
-        fns = {"ours": ours, "reference": ref}
-        title = f"inference forward {args.height}x{args.width} batch {args.batch}"
+    title = f"training step {size}" if train else f"inference forward {size}"
     return [_report(title, _alternate(fns, args.repeats))]
 
 
@@ -373,23 +372,7 @@ def bench_profile(args) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
     mode = args.mode or "train"
-    detector, criterion, reference = build_models(encoder_ffn_recompute=args.encoder_ffn_recompute)
-    images, mask, targets = make_batch(args.batch, args.height, args.width)
-    if mode == "train":
-        detector.train()
-        reference.train()
-        opt_ours, opt_ref = _optimizer(detector), _optimizer(reference)
-        runs = {
-            "ours": lambda: _ours_step((detector, criterion), opt_ours, images, mask, targets),
-            "reference": lambda: _reference_step(reference, opt_ref, images, mask, targets),
-        }
-    else:
-        detector.eval()
-        reference.eval()
-        runs = {
-            "ours": torch.no_grad()(lambda: detector(images, mask)),
-            "reference": torch.no_grad()(lambda: reference(pixel_values=images, pixel_mask=(~mask).long())),
-        }
+    runs = model_steps(args, train=mode == "train")
     totals = {}
     rows = []
     for name, run in runs.items():
