@@ -82,10 +82,11 @@ def test_points_wholly_outside_the_map_read_zero_and_have_zero_gradient():
     assert loc.grad[0, :2].abs().max() == 0 and weights.grad[0, :2].abs().max() == 0
 
 
-def test_gradcheck_in_float64():
+@pytest.mark.parametrize("dim", [3, 32])  # the run-time channel loop and the unrolled 32-channel one
+def test_gradcheck_in_float64(dim):
     shapes = [(4, 5), (2, 3), (1, 1)]
     inputs = tuple(
-        t.requires_grad_(True) for t in _inputs(shapes, 2, 5, 2, 3, 2, torch.float64, seed=3, margin=0.3)
+        t.requires_grad_(True) for t in _inputs(shapes, 2, 5, 2, dim, 2, torch.float64, seed=3, margin=0.3)
     )
     assert torch.autograd.gradcheck(
         lambda v, loc, w: _compiled(v, shapes, loc, w), inputs, eps=1e-6, atol=1e-6

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from detrlab.models.deformable_attention import MultiScaleDeformableAttention
-from detrlab.models.fused_ffn import linear_relu_linear
+from detrlab.models.fused_ffn import chunked_residual_linear_relu_linear, linear_relu_linear, wants_row_chunks
 from detrlab.models.geometry import refine_boxes
 
 __all__ = [
@@ -25,7 +25,10 @@ class ResidualFeedForward(nn.Module):
 
     ``recompute_hidden`` (set per layer, see ``DeformableTransformer``'s ``encoder_ffn_recompute``)
     trades one extra ``linear1`` forward in backward for not keeping the ``[.., dim_feedforward]``
-    hidden activation; results are unchanged.
+    hidden activation; results are unchanged. On a CPU, a block whose hidden activation would be
+    large (the encoder's) and that applies no dropout is computed in blocks of rows and always
+    recomputes (:func:`~detrlab.models.fused_ffn.chunked_residual_linear_relu_linear`): there that is
+    both the faster and the smaller way, whatever ``recompute_hidden`` says.
     """
 
     def __init__(self, d_model: int, dim_feedforward: int, dropout: float) -> None:
@@ -38,6 +41,10 @@ class ResidualFeedForward(nn.Module):
         self.recompute_hidden = False
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [..., d_model] -> norm(x + linear2(relu(linear1(x)))) [..., d_model]."""
+        dropout_active = self.training and (self.dropout1.p > 0 or self.dropout2.p > 0)
+        if not dropout_active and wants_row_chunks(x, self.linear1.out_features):
+            return self.norm(chunked_residual_linear_relu_linear(x, self.linear1, self.linear2))
         if self.training and torch.is_grad_enabled():
             projected = linear_relu_linear(
                 x, self.linear1, self.linear2, self.dropout1.p, self.recompute_hidden

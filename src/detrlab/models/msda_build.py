@@ -13,11 +13,20 @@ runs serially. ``torch.utils.cpp_extension`` adds no OpenMP flag on Linux, so th
 With ATen's native thread-pool backend no flag is needed (``parallel_for`` calls into libtorch).
 Where no OpenMP setup is known to work (macOS' Apple clang, Windows) the kernel is built without it
 and runs on one thread; :func:`threading_description` says which case applies.
+
+The compiler's default x86-64 target has no AVX: the kernel's 32-channel loops would run as 4-wide
+SSE with the accumulators spilled to the stack. On x86-64 processors that torch itself runs with its
+AVX2 (or AVX-512) kernels, the build adds ``-mavx2 -mfma`` (the sampling kernels ran about twice as
+fast; DECISIONS.md), and the extension's name carries that instruction set
+(``detrlab_msda_avx2``), so a build cached in a home folder shared by machines of different
+generations is never loaded by one without AVX2. Elsewhere (other processors, other architectures)
+the kernel is built for the compiler's default target.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
 import re
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +36,14 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ThreadingSetup", "build_extension", "build_failure_summary", "threading_setup"]
+__all__ = [
+    "InstructionSet",
+    "ThreadingSetup",
+    "build_extension",
+    "build_failure_summary",
+    "instruction_set",
+    "threading_setup",
+]
 
 # File names of the OpenMP runtimes torch builds may load: GNU, LLVM, Intel.
 _OPENMP_RUNTIME = re.compile(r"^lib(gomp|omp|iomp5)[-.\w]*\.so(\.\d+)*$")
@@ -98,6 +114,31 @@ def threading_setup() -> ThreadingSetup:
     )
 
 
+@dataclass(frozen=True)
+class InstructionSet:
+    """The vector instructions the kernel is compiled for.
+
+    Attributes:
+        name: suffix of the extension's name (``"avx2"``), empty for the compiler's default target.
+        cflags: the compiler arguments that enable it.
+    """
+
+    name: str
+    cflags: list[str] = field(default_factory=list)
+
+
+def instruction_set() -> InstructionSet:
+    """AVX2 + FMA on x86-64 processors where torch dispatches its own AVX2 / AVX-512 kernels, else the
+    compiler's default target. Read from ``torch.backends.cpu.get_cpu_capability()``, torch's own
+    detection, which also honours ``ATEN_CPU_CAPABILITY`` (``ATEN_CPU_CAPABILITY=default`` builds
+    the portable kernel)."""
+    machine = platform.machine().lower()
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if machine in ("x86_64", "amd64") and capability in ("AVX2", "AVX512"):
+        return InstructionSet("avx2", ["-mavx2", "-mfma"])
+    return InstructionSet("")
+
+
 def build_extension(name: str, sources_dir: Path, verbose: bool) -> tuple[Path, ThreadingSetup]:
     """Compile (or reuse the cached build of) the extension from ``sources_dir`` and load it.
 
@@ -118,17 +159,19 @@ def build_extension(name: str, sources_dir: Path, verbose: bool) -> tuple[Path, 
     if with_cuda:
         sources += cuda_sources
     threading = threading_setup()
+    isa = instruction_set()
+    full_name = "_".join(part for part in (name, isa.name, "cuda" if with_cuda else "") if part)
     log.info(
         "building the deformable-attention extension %s from %s (first use; cached afterwards; %s)",
-        name,
+        full_name,
         sources_dir,
         threading.description,
     )
     library = cpp_extension.load(
-        name=name + ("_cuda" if with_cuda else ""),
+        name=full_name,
         sources=sources,
         # -fopenmp-simd keeps the `omp simd` loops vectorised where full OpenMP is unavailable
-        extra_cflags=["-O3", "-fopenmp-simd", *threading.cflags],
+        extra_cflags=["-O3", "-fopenmp-simd", *isa.cflags, *threading.cflags],
         extra_ldflags=threading.ldflags,
         extra_cuda_cflags=["-O3"],
         with_cuda=with_cuda,

@@ -52,6 +52,13 @@ def kernel_calls() -> Iterator[KernelCalls]:
         yield calls
 
 
+def _instruction_set_description() -> str:
+    from detrlab.models import msda_build
+
+    isa = msda_build.instruction_set()
+    return f"{isa.name} ({' '.join(isa.cflags)})" if isa.name else "the compiler's default target"
+
+
 def run_check() -> tuple[bool, list[str]]:
     """One deformable-attention forward on CPU with the default dispatch; (compiled kernel ran, report)."""
     from detrlab.models.deformable_attention import MultiScaleDeformableAttention
@@ -71,6 +78,7 @@ def run_check() -> tuple[bool, list[str]]:
         f"library: {msda_kernel.library_path() if loaded else 'not loaded'}",
         f"sources: {msda_kernel.sources_dir()}",
         f"threading: {msda_kernel.threading_description()}; torch threads: {torch.get_num_threads()}",
+        f"instructions: {_instruction_set_description()}",
         f"packages: detrlab {Path(detrlab.__file__).parent}, detrlab_ops {Path(detrlab_ops.__file__).parent}",
     ]
     if not loaded:
@@ -100,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{msda_kernel.EXTENSION_NAME}: built and loaded; kernels for {devices}")
             print(f"library: {msda_kernel.library_path()}")
             print(f"threading: {msda_kernel.threading_description()}")
+            print(f"instructions: {_instruction_set_description()}")
             return 0
         compiled, report = run_check()
     except DetrlabError as err:
