@@ -113,9 +113,10 @@ def test_output_contract(kwargs):
 
 
 @VARIANTS
-def test_compiled_kernel_and_pytorch_paths_agree_in_outputs_and_gradients(kwargs):
-    compiled = _tiny(attention_implementation="auto", **kwargs).eval()  # eval: no dropout
-    reference = _tiny(attention_implementation="pytorch", **kwargs).eval()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernel_and_pytorch_paths_agree_in_outputs_and_gradients(kwargs, dtype):
+    compiled = _tiny(attention_implementation="auto", **kwargs).eval().to(dtype)  # eval: no dropout
+    reference = _tiny(attention_implementation="pytorch", **kwargs).eval().to(dtype)
     with torch.no_grad():  # sampling points off the initial ring, so bilinear weights are generic
         for p in compiled.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -124,14 +125,18 @@ def test_compiled_kernel_and_pytorch_paths_agree_in_outputs_and_gradients(kwargs
     outputs = {}
     for implementation, model in (("auto", compiled), ("pytorch", reference)):
         with attention_path(implementation):
-            out = model(images, mask)
+            out = model(images.to(dtype), mask)
         (out["pred_logits"].sigmoid().sum() + out["pred_boxes"].square().sum()).backward()
         outputs[implementation] = out
     for key in ("pred_logits", "pred_boxes"):
         torch.testing.assert_close(outputs["auto"][key], outputs["pytorch"][key], rtol=1e-5, atol=1e-5)
-    for (name, p), q in zip(compiled.named_parameters(), reference.parameters()):
-        if p.grad is not None or q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    # float32 gradients: the two paths round differently (about 1e-7 in the attention), and the
+    # backbone's weight gradients amplify that by up to 1e3 (more with channels-last convolutions),
+    # so the gradients are held to the float64 run, where any difference of formula would show.
+    if dtype == torch.float64:
+        for (name, p), q in zip(compiled.named_parameters(), reference.parameters()):
+            if p.grad is not None or q.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-11, msg=name)
 
 
 def test_refinement_feeds_each_layer_the_previous_layers_boxes():

@@ -158,6 +158,11 @@ class ResNetBackbone(nn.Module):
             ``resnet_custom`` requires both ``stage_widths`` and ``stage_blocks``.
         stem_width: ``resnet_custom`` only: channels of the stem (default 64).
         block_type: ``resnet_custom`` only: ``"basic"`` or ``"bottleneck"`` blocks.
+        channels_last: keep the convolution weights, and give the network its images, in the
+            channels-last layout ([B, H, W, C] in memory): oneDNN and cuDNN then run their
+            convolutions without converting layouts on every call (ResNet-50 inference on a 2-core
+            CPU: a quarter less time; DECISIONS.md). The returned features are channels-last too.
+            Values are the same up to the convolution algorithms' rounding.
 
     Attributes:
         num_channels: channels of each returned stage.
@@ -176,6 +181,7 @@ class ResNetBackbone(nn.Module):
         stage_blocks: Sequence[int] | None = None,
         stem_width: int = 64,
         block_type: str = "bottleneck",
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         return_stages = sorted({int(s) for s in return_stages})
@@ -248,6 +254,9 @@ class ResNetBackbone(nn.Module):
 
         if name != SMALL_RESNET:
             self._freeze(trainable_stages)
+        self.channels_last = channels_last
+        if channels_last:
+            self.body.to(memory_format=torch.channels_last)
 
     def _freeze(self, trainable_stages: int) -> None:
         trainable = _TRAINABLE_ORDER[:trainable_stages]
@@ -269,6 +278,8 @@ class ResNetBackbone(nn.Module):
             One ``(features [B, C_s, h_s, w_s], mask [B, h_s, w_s] bool)`` pair per returned stage, in
             ``return_stages`` order. Masks are resized with nearest interpolation.
         """
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         features = self.body(images)
         out = []
         for s in self.return_stages:
