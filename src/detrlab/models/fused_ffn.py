@@ -42,6 +42,12 @@ CHUNK_THRESHOLD_BYTES = 32 << 20
 CHUNK_BYTES = 16 << 20
 
 
+def _relu_gradient_(grad_hidden: Tensor, hidden: Tensor) -> Tensor:
+    """ReLU's derivative applied in place: ``grad_hidden`` zeroed where ``hidden`` (the activation
+    after ReLU) is not positive. One pass, no boolean mask tensor."""
+    return torch.ops.aten.threshold_backward.grad_input(grad_hidden, hidden, 0, grad_input=grad_hidden)
+
+
 class _LinearReLULinear(torch.autograd.Function):
     """``linear2(relu(linear1(x)))``; saves the hidden activation, or with ``recompute`` only ``x``."""
 
@@ -61,8 +67,7 @@ class _LinearReLULinear(torch.autograd.Function):
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])
         grad_w2 = flat_grad.t() @ flat_hidden
         grad_b2 = flat_grad.sum(0)
-        # ReLU's derivative: keep the gradient where the unit was active (in place, fresh buffer).
-        grad_hidden = (grad_out @ w2).masked_fill_(hidden <= 0, 0.0)
+        grad_hidden = _relu_gradient_(grad_out @ w2, hidden)
         del hidden, flat_hidden
         flat_grad_hidden = grad_hidden.reshape(-1, grad_hidden.shape[-1])
         grad_w1 = flat_grad_hidden.t() @ x.reshape(-1, x.shape[-1])
@@ -110,9 +115,7 @@ class _ChunkedResidualLinearReLULinear(torch.autograd.Function):
             n = x_block.shape[0]
             hidden = torch.addmm(b1, x_block, w1_t, out=hidden_buffer[:n]).relu_()
             grad_w2.addmm_(grad_block.t(), hidden)
-            grad_hidden = torch.mm(grad_block, w2, out=grad_hidden_buffer[:n])
-            # ReLU's derivative: keep the gradient where the unit was active.
-            grad_hidden.masked_fill_(hidden <= 0, 0.0)
+            grad_hidden = _relu_gradient_(torch.mm(grad_block, w2, out=grad_hidden_buffer[:n]), hidden)
             grad_w1.addmm_(grad_hidden.t(), x_block)
             grad_b1 += grad_hidden.sum(0)
             if grad_x is not None:
