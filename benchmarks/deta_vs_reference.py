@@ -9,6 +9,7 @@ process (ours, reference, ours, ...), so their ratio is meaningful even on a loa
 Usage::
 
     python benchmarks/deta_vs_reference.py op            # deformable attention op alone
+    python benchmarks/deta_vs_reference.py op --points near   # ... sampling near each query, as trained
     python benchmarks/deta_vs_reference.py infer         # inference forward
     python benchmarks/deta_vs_reference.py train         # forward + loss + backward + AdamW step
     python benchmarks/deta_vs_reference.py memory        # peak RSS added by one step (subprocesses)
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from sampling_points import LAYOUTS, sampling_locations
 
 REFERENCE_MODULE = "transformers.models.deprecated.deta.modeling_deta"
 
@@ -171,7 +173,7 @@ def _op_case(args, label: str, q: int, shapes: list[tuple[int, int]]) -> list[di
     s = sum(h * w for h, w in shapes)
     g = torch.Generator().manual_seed(0)
     value = torch.randn(args.batch, s, 8, 32, generator=g, requires_grad=True)
-    loc = (torch.rand(args.batch, q, 8, 5, 4, 2, generator=g) * 1.1 - 0.05).requires_grad_(True)
+    loc = sampling_locations(shapes, args.batch, q, 8, 4, args.points, g).requires_grad_(True)
     weights = torch.rand(args.batch, q, 8, 5, 4, generator=g).softmax(-1).requires_grad_(True)
     shapes_t = torch.tensor(shapes)
     grad = torch.randn(args.batch, q, 256)
@@ -186,7 +188,7 @@ def _op_case(args, label: str, q: int, shapes: list[tuple[int, int]]) -> list[di
         return lambda: torch.autograd.grad(fn(), (value, loc, weights), grad)
 
     diff = (ours() - reference()).abs().max().item()
-    print(f"op {label} (Q={q}, S={s}): max |ours - reference| = {diff:.2e}")
+    print(f"op {label} (Q={q}, S={s}, {args.points} points): max |ours - reference| = {diff:.2e}")
     with torch.no_grad():
         forward = _alternate({"ours": ours, "reference": reference}, args.repeats)
     both = _alternate({"ours": fwd_bwd(ours), "reference": fwd_bwd(reference)}, args.repeats)
@@ -406,6 +408,9 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--model", choices=["ours", "reference"])
+    parser.add_argument(
+        "--points", choices=LAYOUTS, default="uniform", help="op: sampling locations (sampling_points.py)"
+    )
     parser.add_argument("--mode", choices=["train", "infer"])
     parser.add_argument(
         "--encoder-ffn-recompute",

@@ -6,13 +6,14 @@ one process so that load from other processes affects both alike, and prints the
 
 The default shape is the encoder of DETA at 640x640: batch 2, 5 levels 80x80, 40x40, 20x20, 10x10,
 5x5 (8525 tokens), queries = tokens, 8 heads x 32 channels, 4 points, locations uniform in
-[-0.05, 1.05] (some points fall outside the map, as in training). ``--image 512x640`` takes the
-levels of another image size (strides 8, 16, 32, 64, 128).
+[-0.05, 1.05] (some points fall outside the map), or with ``--points near`` scattered about two
+cells around each query's own position, as a trained model samples (``sampling_points.py``).
+``--image 512x640`` takes the levels of another image size (strides 8, 16, 32, 64, 128).
 
 Usage::
 
     python benchmarks/kernel_threads.py                  # 1 vs 2 threads, 5 rounds
-    python benchmarks/kernel_threads.py --threads 4 --repeats 9 --image 512x640
+    python benchmarks/kernel_threads.py --threads 4 --repeats 9 --image 512x640 --points near
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from sampling_points import LAYOUTS, sampling_locations
 
 from detrlab.models import msda_kernel
 
@@ -32,13 +34,13 @@ def encoder_levels(height: int, width: int, num_levels: int = 5) -> list[tuple[i
     return [(-(-height // 2**k), -(-width // 2**k)) for k in range(3, 3 + num_levels)]
 
 
-def make_inputs(shapes, batch, heads, channels, points, seed=0):
+def make_inputs(shapes, batch, heads, channels, points, layout="uniform", seed=0):
     """value [B,S,H,D], shapes [L,2], starts [L], locations [B,S,H,L,P,2], weights [B,S,H,L,P], grad [B,S,H*D]."""
     g = torch.Generator().manual_seed(seed)
     tokens = sum(h * w for h, w in shapes)
     levels = len(shapes)
     value = torch.randn(batch, tokens, heads, channels, generator=g)
-    locations = torch.rand(batch, tokens, heads, levels, points, 2, generator=g) * 1.1 - 0.05
+    locations = sampling_locations(shapes, batch, tokens, heads, points, layout, g)
     weights = torch.rand(batch, tokens, heads, levels * points, generator=g).softmax(-1)
     weights = weights.view(batch, tokens, heads, levels, points)
     grad = torch.randn(batch, tokens, heads * channels, generator=g)
@@ -96,17 +98,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--image", default="640x640", help="HxW of the image whose 5 levels are sampled")
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--points", choices=LAYOUTS, default="uniform", help="sampling locations")
     args = parser.parse_args()
 
     if not msda_kernel.load():
         raise SystemExit(f"the compiled kernel is unavailable: {msda_kernel.unavailable_reason()}")
     height, width = (int(x) for x in args.image.lower().split("x"))
     shapes = encoder_levels(height, width)
-    inputs = make_inputs(shapes, args.batch, heads=8, channels=32, points=4)
+    inputs = make_inputs(shapes, args.batch, heads=8, channels=32, points=4, layout=args.points)
     tokens = inputs[0].shape[1]
     print(
         f"shape: batch {args.batch}, {tokens} tokens = levels {shapes}, queries = tokens, "
-        f"8 heads x 32, 4 points; threading: {msda_kernel.threading_description()}"
+        f"8 heads x 32, 4 points ({args.points}); threading: {msda_kernel.threading_description()}"
     )
     counts = [1, args.threads]
     times = measure(inputs, counts, args.repeats)
