@@ -73,7 +73,9 @@ def test_the_level_check_runs_before_any_data_is_read(compose, tmp_path):
 
 def test_bad_schedule_values_fail_in_the_run_config_checks(compose):
     with pytest.raises(ConfigError, match="warmup_iters=10 counts optimizer steps"):
-        validate_run_config(compose("model.optim.schedule.warmup_iters=10"))
+        validate_run_config(
+            compose("model.optim.schedule.interval=epoch", "model.optim.schedule.warmup_iters=10")
+        )
     with pytest.raises(ConfigError, match="lr_drops entry 40"):
         validate_run_config(compose("model.optim.schedule.lr_drops=[40]"))
 
