@@ -164,3 +164,18 @@ def test_swin_backbone_pads_to_patch_size_and_reports_channels():
     assert feats[0][1].shape == (1, 9, 9)
     with pytest.raises(FileNotFoundError, match="pretrained="):
         SwinBackbone("swin_t", pretrained="/nonexistent/swin.pth")
+
+
+def test_input_projection_takes_the_backbones_memory_layout():
+    channels_last = _tiny()
+    assert channels_last.backbone.channels_last
+    convs = [m for m in channels_last.input_proj.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    torch.manual_seed(0)
+    backbone = ResNetBackbone(
+        "resnet_small", return_stages=[2, 3, 4], stage_widths=[8, 16, 32, 32], channels_last=False
+    )
+    contiguous = DeformableDETR(backbone, num_classes=4, num_queries=12, hidden_dim=32, nheads=2)
+    assert all(
+        m.weight.is_contiguous() for m in contiguous.input_proj.modules() if isinstance(m, torch.nn.Conv2d)
+    )

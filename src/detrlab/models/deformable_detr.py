@@ -6,6 +6,7 @@ import copy
 import math
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.ops import MLP
 
@@ -65,6 +66,10 @@ class DeformableDETR(SetDetector):
         # Positions centred on the cells (offset -0.5), normalized to the valid extent.
         self.position_encoding = PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=-0.5)
         self.input_proj = MultiScaleProjection(backbone.num_channels, hidden_dim, num_feature_levels)
+        if getattr(backbone, "channels_last", False):
+            # its convolutions take channels-last features: weights in the same layout, or oneDNN
+            # converts them on every call
+            self.input_proj.to(memory_format=torch.channels_last)
         self.transformer = DeformableTransformer(
             d_model=hidden_dim,
             nhead=nheads,
