@@ -28,6 +28,8 @@ TINY_OVERRIDES = [
     "model.detector.num_decoder_layers=2",
     "model.detector.dim_feedforward=64",
     "model.num_queries=10",
+    # the quickstart's 50-step warmup is longer than these runs
+    "model.optim.schedule.warmup_iters=0",
     "trainer.accelerator=cpu",
     "trainer.max_epochs=1",
     "trainer.check_val_every_n_epoch=1",

@@ -34,6 +34,15 @@ class FreezeTheWorkers(L.Callback):
                 self.frozen.append(worker.pid)
             self.frozen_at = time.monotonic()
 
+    def resume(self) -> None:
+        for pid in self.frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def still_running(self) -> list[int]:
+        alive = {child.pid for child in multiprocessing.active_children()}  # also reaps the exited
+        return [pid for pid in self.frozen if pid in alive]
+
     def release(self) -> None:
         for pid in self.frozen:
             for sig in (signal.SIGCONT, signal.SIGKILL):
@@ -88,6 +97,12 @@ def test_hung_worker_ends_the_run_within_the_timeout(
         ) as raised:
             trainer.fit(model, datamodule=datamodule)
         waited = time.monotonic() - freezer.frozen_at
+        # The error stopped the workers: once resumed, the hung one exits instead of lingering.
+        freezer.resume()
+        deadline = time.monotonic() + 15
+        while freezer.still_running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lingering = freezer.still_running()
     finally:
         freezer.release()
     assert freezer.frozen, "no data-loader worker was running"
@@ -95,6 +110,7 @@ def test_hung_worker_ends_the_run_within_the_timeout(
     assert f"data.timeout={TIMEOUT_S}" in str(raised.value) and "data.num_workers=1" in str(raised.value)
     # Batches the worker had prefetched are consumed first; then the wait is the timeout itself.
     assert waited < TIMEOUT_S + 20
+    assert not lingering, f"data-loader workers {lingering} outlived the time-out error"
 
 
 def test_the_documented_timeout_default_is_the_constructors():

@@ -46,12 +46,22 @@ class _TimeoutReportingIterator:
         except RuntimeError as error:
             if _TIMEOUT_MESSAGE not in str(error):
                 raise
+            self._stop_the_workers()
             raise DataLoaderTimeoutError(
                 f"{error} (data.timeout={self._loader.timeout:g}, data.num_workers="
                 f"{self._loader.num_workers}): a data-loader worker stopped answering, as on a stalled "
                 "network mount or a decoder stuck on a damaged file. Check the data source; raise "
                 "data.timeout for slow storage, or set data.timeout=0 to wait without limit."
             ) from error
+
+    def _stop_the_workers(self) -> None:
+        # A hung worker would otherwise outlive the error for as long as the traceback keeps the
+        # iterator alive (a notebook, a sweep's next trial), and its death would later reach torch's
+        # SIGCHLD handler as "worker killed" in unrelated code. Shutting down joins the workers
+        # briefly, terminates those still running, and unregisters them from that handler.
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
     def __len__(self) -> int:
         return len(self._iterator)  # type: ignore[arg-type]
