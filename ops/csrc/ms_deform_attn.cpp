@@ -15,16 +15,22 @@
 // owns grad_value[b, level l, h, :] and grad_loc / grad_attn[b, :, h, l, :], so its results do not
 // depend on the thread count.
 //
-// Threads: at::parallel_for splits both loops into static ranges over torch's intra-op threads. It
-// is a header template that only runs in parallel when this file is compiled with OpenMP, so the
-// build (detrlab/models/msda_build.py) adds -fopenmp and links torch's own OpenMP runtime.
+// Threads: both loops run on torch's intra-op threads through at::parallel_for, a header template
+// that only runs in parallel when this file is compiled with OpenMP, so the build
+// (detrlab/models/msda_build.py) adds -fopenmp and links torch's own OpenMP runtime. The threads take
+// chunks of work from a shared counter (parallel_chunks) instead of one fixed range each: a thread
+// whose core is slower or busy (a hybrid CPU's efficiency core, a shared virtual CPU) then does less,
+// rather than making the others wait at the end. Which thread runs a unit does not change its
+// arithmetic, so results stay independent of the thread count.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -142,6 +148,22 @@ void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
               "the CPU kernel got tensors on ", value.device());
 }
 
+// Runs fn(begin, end) over [0, total) in chunks of `chunk` items, each chunk taken by whichever of
+// torch's threads asks next. Serial inside another parallel region or on one thread.
+template <typename F>
+void parallel_chunks(int64_t total, int64_t chunk, const F& fn) {
+  if (total <= 0) return;
+  const int64_t chunks = (total + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      fn(c * chunk, std::min(total, (c + 1) * chunk));
+    }
+  });
+}
+
 // (H_l, W_l, start_l) per level, validated against S.
 std::vector<std::array<int64_t, 3>> level_table(const at::Tensor& spatial_shapes,
                                                 const at::Tensor& level_start_index, int64_t S) {
@@ -166,7 +188,9 @@ void forward_kernel(const scalar_t* value, const std::vector<std::array<int64_t,
   const int64_t D = channels<kD>(runtime_d);
   const int64_t L = static_cast<int64_t>(levels.size());
   const int64_t row = H * D;  // stride of one token in value
-  at::parallel_for(0, B * Q * H, 16, [&](int64_t begin, int64_t end) {
+  // 256 (b, q, h) per chunk: about a tenth of a millisecond at DETA's sizes, so the shared counter
+  // is touched a few hundred times per call.
+  parallel_chunks(B * Q * H, 256, [&](int64_t begin, int64_t end) {
     Corners<scalar_t> c;
     // the (b, q, h)'s outputs accumulate here (registers when kD is fixed), then are stored once
     std::vector<scalar_t> runtime_acc(kD > 0 ? 0 : D);
@@ -207,7 +231,7 @@ void backward_kernel(const scalar_t* value, const std::vector<std::array<int64_t
   const int64_t L = static_cast<int64_t>(levels.size());
   // One unit per (b, h, l): it owns grad_value of level l, head h, image b, so no two threads
   // write the same element and the result is deterministic.
-  at::parallel_for(0, B * H * L, 1, [&](int64_t begin, int64_t end) {
+  parallel_chunks(B * H * L, 1, [&](int64_t begin, int64_t end) {
     Corners<scalar_t> c;
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t l = unit % L;
