@@ -342,7 +342,12 @@ def bench_criterion(args) -> list[dict]:
 _DENSE_OPS = {
     "aten::mm",
     "aten::addmm",
+    "aten::addmm_",  # the CPU encoder feed-forward's row blocks multiply into their output in place
     "aten::bmm",
+    "aten::baddbmm",
+    # attention's two matmuls and softmax in one op (our decoder self-attention)
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
     "aten::mkldnn_convolution",
     "aten::convolution_backward",
     "aten::_slow_conv2d_forward",
@@ -357,7 +362,8 @@ _RELU_OPS = {"aten::clamp_min", "aten::clamp_min_", "aten::relu", "aten::relu_",
 def _op_group(name: str) -> str:
     if name in _DENSE_OPS:
         return _DENSE_GROUP
-    if name.startswith("detrlab::"):
+    # the op itself and its autograd node, which calls the backward kernel
+    if name.startswith(("detrlab::", "GeneratedBackwardFor_detrlab")):
         return "deformable attention kernel"
     if name == "aten::copy_":
         return "copies"
